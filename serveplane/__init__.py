@@ -1,0 +1,63 @@
+"""serveplane: a checkpointed control plane for serving models on Ray.
+
+Public API::
+
+    import serveplane
+    from serveplane import BackendConfig
+
+    client = serveplane.start(kv_store="ray://serveplane")   # or serveplane.connect()
+    client.create_backend("model:v1", Model, config=BackendConfig(num_replicas=2))
+    client.create_endpoint("model", backend="model:v1", route="/model")
+    client.set_traffic("model", {"model:v1": 0.9, "model:v2": 0.1})
+    client.shadow_traffic("model", "model:v3", 0.2)
+    handle = client.get_handle("model")
+    handle.remote(x).result(timeout=10)
+
+Everything not exported here is internal.
+"""
+
+from typing import Any
+
+from serveplane.replica.batching import accept_batch, batch
+from serveplane.config import AutoscalingConfig, BackendConfig, HTTPOptions
+from serveplane.exceptions import (
+    BackPressureError,
+    BatchSizeMismatchError,
+    ControllerUnavailableError,
+    CorruptCheckpointError,
+    DuplicateError,
+    InUseError,
+    InvalidConfigError,
+    InvalidInputError,
+    KVStoreUnavailableError,
+    NotFoundError,
+    ReplicaDiedError,
+    ReplicaError,
+    ReplicaStartupError,
+    RequestTimeoutError,
+    ServeplaneError,
+    StaleEpochError,
+)
+
+__all__ = [
+    "AutoscalingConfig", "BackPressureError", "BackendConfig", "BatchSizeMismatchError", "Client",
+    "ControllerUnavailableError", "CorruptCheckpointError", "DuplicateError", "HTTPOptions",
+    "InUseError", "InvalidConfigError", "InvalidInputError", "KVStoreUnavailableError",
+    "NotFoundError", "ReplicaDiedError", "ReplicaError", "ReplicaStartupError",
+    "RequestTimeoutError", "ServeplaneError", "StaleEpochError", "accept_batch", "batch", "connect",
+    "start",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # start/connect/Client pull in the controller and Ray; import them on first use so that
+    # `import serveplane.config` (and unit tests) stay light.
+    if name in ("start", "connect"):
+        from serveplane import api
+
+        return getattr(api, name)
+    if name == "Client":
+        from serveplane.client import Client
+
+        return Client
+    raise AttributeError(f"module 'serveplane' has no attribute {name!r}")

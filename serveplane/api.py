@@ -1,0 +1,63 @@
+"""``start`` and ``connect``: find or create the controller actor."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from serveplane.client import Client
+from serveplane.config import HTTPOptions
+from serveplane.controller.controller import ServeController
+from serveplane.exceptions import ControllerUnavailableError, InvalidConfigError
+from serveplane.records import CONTROLLER_NAME, DEFAULT_NAMESPACE
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_KV_STORE = "ray://serveplane"
+
+
+def start(detached: bool = True, http_options: HTTPOptions | Mapping[str, Any] | None = None,
+          kv_store: str = DEFAULT_KV_STORE, namespace: str = DEFAULT_NAMESPACE) -> Client:
+    """Start the controller (or attach to the running one) and return a ``Client``.
+
+    Calls ``ray.init()`` when Ray is not initialized yet.
+    """
+    if http_options is not None:
+        HTTPOptions.model_validate(dict(http_options) if isinstance(http_options, Mapping)
+                                   else http_options.model_dump())
+        raise InvalidConfigError(
+            "http_options is set but this build has no HTTP proxy yet; pass http_options=None")
+    if not isinstance(kv_store, str):
+        raise InvalidConfigError(f"kv_store is {kv_store!r}; give a URL such as 'ray://serveplane'")
+    if not ray.is_initialized():
+        ray.init(logging_level=logging.WARNING)
+    try:
+        controller = ray.get_actor(CONTROLLER_NAME, namespace=namespace)
+        logger.info("attached to the running serveplane controller in namespace %r", namespace)
+    except ValueError:
+        node_id = ray.get_runtime_context().get_node_id()
+        controller = ray.remote(ServeController).options(
+            name=CONTROLLER_NAME, namespace=namespace, get_if_exists=True,
+            lifetime="detached" if detached else None, max_restarts=-1, max_task_retries=0,
+            max_concurrency=10_000, num_cpus=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=True),
+        ).remote(kv_store, namespace, None)
+    client = Client(controller, namespace, detached)
+    client._call("ping", timeout_s=120.0)
+    return client
+
+
+def connect(namespace: str = DEFAULT_NAMESPACE) -> Client:
+    """Attach to the running controller from any process of the cluster."""
+    if not ray.is_initialized():
+        ray.init(address="auto", logging_level=logging.WARNING)
+    try:
+        controller = ray.get_actor(CONTROLLER_NAME, namespace=namespace)
+    except ValueError:
+        raise ControllerUnavailableError(
+            f"no serveplane controller is running in namespace {namespace!r}; call "
+            "serveplane.start() first") from None
+    return Client(controller, namespace)

@@ -1,0 +1,184 @@
+"""``ReplicaActorWrapper``: the one place that makes Ray calls about a replica.
+
+Every method fires a Ray call or polls the future of one; none blocks the controller's
+event loop. Replicas are named, detached actors with ``max_restarts=0``: the controller,
+not Ray, decides when to replace a dead replica.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from serveplane.backend_state.replica import HealthStatus, ProbeStatus
+from serveplane.records import replica_actor_name
+
+logger = logging.getLogger(__name__)
+
+_remote_cls: Any = None
+
+
+def _replica_remote_class() -> Any:
+    global _remote_cls
+    if _remote_cls is None:
+        from serveplane.replica.actor import ReplicaActor
+
+        _remote_cls = ray.remote(ReplicaActor)
+    return _remote_cls
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """Everything needed to start one replica of one backend version."""
+
+    backend: str
+    version: str
+    user_config_version: str
+    code_blob: bytes
+    init_blob: bytes
+    config: dict[str, Any]
+    actor_options: dict[str, Any] = field(default_factory=dict)
+
+
+def _probe(fut: Future | None) -> tuple[ProbeStatus, str | None]:
+    if fut is None or not fut.done():
+        return ProbeStatus.PENDING, None
+    exc = fut.exception()
+    if exc is None:
+        return ProbeStatus.SUCCEEDED, None
+    return ProbeStatus.FAILED, _describe(exc)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    # RayTaskError strings carry the full traceback; keep the last line, which names the error.
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+class ReplicaActorWrapper:
+    def __init__(self, backend: str, replica_tag: str, namespace: str) -> None:
+        self.backend = backend
+        self.replica_tag = replica_tag
+        self.namespace = namespace
+        self.actor_name = replica_actor_name(backend, replica_tag)
+        self.actor_handle: Any = None
+        self.version: str | None = None
+        self.user_config_version: str | None = None
+        self.node_id: str | None = None
+        self._ready: Future | None = None
+        self._reconfigure: Future | None = None
+        self._health: Future | None = None
+        self._health_sent_at = 0.0
+        self._health_failures = 0
+        self._stop: Future | None = None
+        self._stop_deadline = 0.0
+        self._health_period_s = 10.0
+        self._health_timeout_s = 30.0
+        self._health_threshold = 3
+
+    def set_health_options(self, period_s: float, timeout_s: float, threshold: int) -> None:
+        self._health_period_s = period_s
+        self._health_timeout_s = timeout_s
+        self._health_threshold = threshold
+
+    # -- start / recover ---------------------------------------------------------
+    def start(self, spec: ReplicaSpec) -> None:
+        options = dict(spec.actor_options)
+        options.setdefault("num_cpus", 0 if "num_gpus" in options else 1)
+        self.version = spec.version
+        self.user_config_version = spec.user_config_version
+        self.actor_handle = _replica_remote_class().options(
+            name=self.actor_name, namespace=self.namespace, lifetime="detached",
+            max_restarts=0, max_concurrency=max(1000, spec.config.get("max_concurrent_queries", 100) * 2),
+            **options,
+        ).remote(spec.backend, self.replica_tag, spec.code_blob, spec.init_blob, spec.config,
+                 spec.version)
+        self._ready = self.actor_handle.ready.remote().future()
+
+    def recover(self) -> bool:
+        try:
+            self.actor_handle = ray.get_actor(self.actor_name, namespace=self.namespace)
+        except ValueError:
+            return False
+        self._ready = self.actor_handle.ready.remote().future()
+        return True
+
+    def check_ready(self) -> tuple[ProbeStatus, str | None]:
+        status, err = _probe(self._ready)
+        if status is ProbeStatus.SUCCEEDED and self._ready is not None:
+            meta = self._ready.result()
+            self.node_id = meta.get("node_id")
+            if self.version is None:  # recovered: learn the version from the replica
+                self.version = meta.get("version")
+        return status, err
+
+    # -- reconfigure -------------------------------------------------------------
+    def reconfigure(self, user_config: Any, user_config_version: str) -> None:
+        self.user_config_version = user_config_version
+        self._reconfigure = self.actor_handle.reconfigure.remote(user_config).future()
+
+    def check_reconfigured(self) -> tuple[ProbeStatus, str | None]:
+        return _probe(self._reconfigure)
+
+    # -- health ------------------------------------------------------------------
+    def check_health(self, now: float) -> HealthStatus:
+        if self._health is None:
+            if now - self._health_sent_at >= self._health_period_s:
+                self._health = self.actor_handle.check_health.remote().future()
+                self._health_sent_at = now
+            return HealthStatus.HEALTHY
+        if not self._health.done():
+            if now - self._health_sent_at > self._health_timeout_s:
+                self._health.cancel()
+                self._health = None
+                logger.warning("health check of %s timed out after %.1fs", self.actor_name,
+                               self._health_timeout_s)
+                return HealthStatus.UNHEALTHY
+            return HealthStatus.HEALTHY
+        exc = self._health.exception()
+        self._health = None
+        if exc is None:
+            self._health_failures = 0
+            return HealthStatus.HEALTHY
+        if isinstance(exc, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)):
+            return HealthStatus.DEAD
+        self._health_failures += 1
+        logger.warning("health check of %s failed (%d/%d): %s", self.actor_name,
+                       self._health_failures, self._health_threshold, _describe(exc))
+        if self._health_failures >= self._health_threshold:
+            return HealthStatus.UNHEALTHY
+        return HealthStatus.HEALTHY
+
+    # -- stop --------------------------------------------------------------------
+    def begin_stop(self, graceful_timeout_s: float, now: float) -> None:
+        self._stop_deadline = now + graceful_timeout_s
+        if self.actor_handle is None or graceful_timeout_s <= 0:
+            self._stop = None
+            return
+        try:
+            self._stop = self.actor_handle.prepare_for_shutdown.remote(graceful_timeout_s).future()
+        except Exception:  # noqa: BLE001 - the actor may already be gone
+            self._stop = None
+
+    def check_stopped(self, now: float) -> bool:
+        """Kill once drained (or past the deadline); True once the actor is gone."""
+        if self._stop is not None and not self._stop.done() and now < self._stop_deadline:
+            return False
+        self.kill()
+        return True
+
+    def kill(self) -> None:
+        if self.actor_handle is None:
+            try:
+                self.actor_handle = ray.get_actor(self.actor_name, namespace=self.namespace)
+            except ValueError:
+                return
+        try:
+            ray.kill(self.actor_handle, no_restart=True)
+        except Exception:  # noqa: BLE001 - already dead is fine
+            pass

@@ -1,0 +1,232 @@
+"""``Client``: the Ray Serve 1.x-style API.
+
+Every method validates what it can locally, calls the controller, and (unless
+``blocking=False``) waits for the goal the controller returns. Calls survive a controller
+restart: they retry until their deadline, and the controller's own checks make every
+call safe to repeat (identical re-creation is a no-op, deletes of missing objects too).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+import uuid
+from typing import Any, Callable, Mapping
+
+import cloudpickle
+import ray
+
+from serveplane.config import BackendConfig, parse_backend_config, validate_actor_options
+from serveplane.exceptions import (
+    ControllerUnavailableError,
+    InvalidConfigError,
+    ReplicaStartupError,
+    RequestTimeoutError,
+    ServeplaneError,
+)
+from serveplane.records import CONTROLLER_NAME
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CALL_TIMEOUT_S = 60.0
+DEFAULT_GOAL_TIMEOUT_S = 120.0
+_RETRYABLE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
+              ray.exceptions.GetTimeoutError)
+
+
+def _accepts_batches(func_or_class: Any) -> bool:
+    target = func_or_class.__call__ if inspect.isclass(func_or_class) else func_or_class
+    return bool(getattr(target, "_serveplane_accept_batch", False))
+
+
+class Client:
+    def __init__(self, controller: Any, namespace: str, detached: bool = True) -> None:
+        self._controller = controller
+        self._namespace = namespace
+        self._detached = detached
+        self._shutdown = False
+
+    def __repr__(self) -> str:
+        return f"<serveplane.Client namespace={self._namespace!r}>"
+
+    # -- plumbing ------------------------------------------------------------------
+    def _call(self, method: str, *args: Any, timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
+              **kwargs: Any) -> Any:
+        if self._shutdown:
+            raise ControllerUnavailableError("this client was shut down; call serveplane.start() again")
+        deadline = time.monotonic() + timeout_s
+        delay = 0.05
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                ref = getattr(self._controller, method).remote(*args, **kwargs)
+                return ray.get(ref, timeout=max(0.1, remaining))
+            except ray.exceptions.RayTaskError as exc:
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, BaseException):
+                    raise cause from None
+                raise
+            except _RETRYABLE as exc:
+                if time.monotonic() + delay >= deadline:
+                    raise ControllerUnavailableError(
+                        f"controller {CONTROLLER_NAME!r} did not answer {method} within "
+                        f"{timeout_s:.0f}s: {exc}") from None
+                time.sleep(delay)
+                delay = min(1.0, delay * 2)
+                try:
+                    self._controller = ray.get_actor(CONTROLLER_NAME, namespace=self._namespace)
+                except ValueError:
+                    pass
+
+    def _wait(self, goal_id: str | None, blocking: bool, timeout_s: float) -> str | None:
+        if goal_id is None or not blocking:
+            return goal_id
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RequestTimeoutError(
+                    f"goal {goal_id} did not complete within {timeout_s:.0f}s; check "
+                    "client.get_status() for replicas that cannot start or be placed")
+            result = self._call("wait_for_goal", goal_id, min(remaining, 10.0),
+                                timeout_s=remaining + 15.0)
+            if result["error"]:
+                raise ReplicaStartupError(result["error"])
+            if result["done"]:
+                return goal_id
+
+    # -- backends --------------------------------------------------------------------
+    def create_backend(self, backend_tag: str, func_or_class: Callable[..., Any] | type,
+                       *actor_init_args: Any, ray_actor_options: Mapping[str, Any] | None = None,
+                       config: BackendConfig | Mapping[str, Any] | None = None,
+                       blocking: bool = True, timeout_s: float = DEFAULT_GOAL_TIMEOUT_S,
+                       **actor_init_kwargs: Any) -> str | None:
+        if not callable(func_or_class):
+            raise InvalidConfigError(
+                f"func_or_class for backend {backend_tag!r} is {func_or_class!r}; give a "
+                "function or a class")
+        if not inspect.isclass(func_or_class) and (actor_init_args or actor_init_kwargs):
+            raise InvalidConfigError(
+                f"backend {backend_tag!r} is a function; init args are only for classes")
+        options = validate_actor_options(ray_actor_options)
+        cfg = parse_backend_config(config)
+        goal = self._call("create_backend", backend_tag, cloudpickle.dumps(func_or_class),
+                          cloudpickle.dumps((actor_init_args, actor_init_kwargs)), options,
+                          cfg.model_dump(mode="json", exclude_unset=True),
+                          _accepts_batches(func_or_class))
+        return self._wait(goal, blocking, timeout_s)
+
+    def update_backend(self, backend_tag: str, func_or_class: Callable[..., Any] | type | None = None,
+                       *actor_init_args: Any, ray_actor_options: Mapping[str, Any] | None = None,
+                       config: BackendConfig | Mapping[str, Any] | None = None,
+                       blocking: bool = True, timeout_s: float = DEFAULT_GOAL_TIMEOUT_S) -> str | None:
+        """Change a backend's code, init args, actor options or config; replicas roll over
+        one at a time without dropping below the target count."""
+        code = cloudpickle.dumps(func_or_class) if func_or_class is not None else None
+        init = cloudpickle.dumps((actor_init_args, {})) if func_or_class is not None else None
+        options = validate_actor_options(ray_actor_options) if ray_actor_options is not None else None
+        update = parse_backend_config(config).model_dump(mode="json", exclude_unset=True) if config else None
+        batches = _accepts_batches(func_or_class) if func_or_class is not None else None
+        goal = self._call("update_backend", backend_tag, code, init, options, update, batches)
+        return self._wait(goal, blocking, timeout_s)
+
+    def update_backend_config(self, backend_tag: str, config_options: BackendConfig | Mapping[str, Any],
+                              blocking: bool = True,
+                              timeout_s: float = DEFAULT_GOAL_TIMEOUT_S) -> str | None:
+        """Merge only the fields set in ``config_options`` into the backend's config."""
+        update = parse_backend_config(config_options).model_dump(mode="json", exclude_unset=True)
+        goal = self._call("update_backend_config", backend_tag, update)
+        return self._wait(goal, blocking, timeout_s)
+
+    def get_backend_config(self, backend_tag: str) -> BackendConfig:
+        return BackendConfig.model_validate(self._call("get_backend_config", backend_tag))
+
+    def list_backends(self) -> dict[str, BackendConfig]:
+        return {tag: BackendConfig.model_validate(cfg)
+                for tag, cfg in self._call("list_backends").items()}
+
+    def delete_backend(self, backend_tag: str, force: bool = False, blocking: bool = True,
+                       timeout_s: float = DEFAULT_GOAL_TIMEOUT_S) -> str | None:
+        return self._wait(self._call("delete_backend", backend_tag, force), blocking, timeout_s)
+
+    # -- endpoints -------------------------------------------------------------------
+    def create_endpoint(self, endpoint_name: str, *, backend: str, route: str | None = None,
+                        methods: list[str] | tuple[str, ...] = ("GET",), router: Any = None,
+                        batch_size: int | None = None, batch_timeout_s: float = 0.0) -> None:
+        name, blob = _router_arg(router)
+        self._call("create_endpoint", endpoint_name, backend, route, list(methods), name, blob,
+                   batch_size, batch_timeout_s)
+
+    def delete_endpoint(self, endpoint: str) -> None:
+        self._call("delete_endpoint", endpoint)
+
+    def set_traffic(self, endpoint_name: str, traffic_policy_dictionary: Mapping[str, float]) -> None:
+        self._call("set_traffic", endpoint_name, dict(traffic_policy_dictionary))
+
+    def shadow_traffic(self, endpoint_name: str, backend_tag: str, proportion: float) -> None:
+        self._call("shadow_traffic", endpoint_name, backend_tag, proportion)
+
+    def set_router(self, endpoint_name: str, router: Any) -> None:
+        name, blob = _router_arg(router)
+        self._call("set_router", endpoint_name, name, blob)
+
+    def set_batching(self, endpoint_name: str, batch_size: int | None,
+                     batch_timeout_s: float = 0.0) -> None:
+        self._call("set_batching", endpoint_name, batch_size, batch_timeout_s)
+
+    def list_endpoints(self) -> dict[str, dict[str, Any]]:
+        return self._call("list_endpoints")
+
+    # -- data path ---------------------------------------------------------------------
+    def get_handle(self, endpoint_name: str) -> Any:
+        from serveplane.router import get_handle
+
+        endpoints = self.list_endpoints()
+        if endpoint_name not in endpoints:
+            from serveplane.exceptions import EndpointNotFoundError
+
+            raise EndpointNotFoundError(
+                f"endpoint {endpoint_name!r} does not exist; known endpoints: "
+                f"{', '.join(sorted(endpoints)) or 'none'}")
+        return get_handle(endpoint_name, CONTROLLER_NAME, self._namespace)
+
+    def start_session(self) -> str:
+        """A new session id; pass it with ``handle.options(session_id=...)``."""
+        return uuid.uuid4().hex
+
+    def terminate_session(self, session_id: str) -> None:
+        from serveplane.router import end_session
+
+        end_session(session_id)
+
+    # -- status, lifecycle -------------------------------------------------------------
+    def get_status(self) -> dict[str, Any]:
+        return self._call("get_status")
+
+    def shutdown(self) -> None:
+        if self._shutdown:
+            return
+        try:
+            self._call("shutdown", timeout_s=30.0)
+        except ServeplaneError as exc:
+            logger.warning("controller shutdown failed: %s", exc)
+        try:
+            ray.kill(self._controller, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        from serveplane.long_poll import LongPollClient
+
+        for client in LongPollClient.all_clients():
+            client.stop()
+        self._shutdown = True
+
+
+def _router_arg(router: Any) -> tuple[str | None, bytes | None]:
+    if router is None or isinstance(router, str):
+        return router, None
+    if inspect.isclass(router) and callable(getattr(router, "choose", None)):
+        return None, cloudpickle.dumps(router)
+    raise InvalidConfigError(
+        f"router {router!r} is invalid; give a policy name or a subclass of serveplane.Router "
+        "with choose(replicas, request)")

@@ -1,0 +1,204 @@
+"""Pydantic models for every config and persisted record.
+
+Invariant: a model instance is always valid; bad values raise ``InvalidConfigError``
+(a ``ValueError``) naming the field and the rule before anything changes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from serveplane.exceptions import InvalidConfigError
+
+ROUTER_NAMES = ("round_robin", "least_loaded", "power_of_two", "consistent_hash")
+
+# Actor options the controller sets itself; users may not override them.
+CONTROLLER_OWNED_ACTOR_OPTIONS = frozenset(
+    {"name", "namespace", "lifetime", "max_restarts", "max_task_retries", "placement_group",
+     "placement_group_bundle_index", "placement_group_capture_child_tasks",
+     "scheduling_strategy", "get_if_exists", "max_concurrency"}
+)
+ALLOWED_ACTOR_OPTIONS = frozenset(
+    {"num_cpus", "num_gpus", "memory", "resources", "runtime_env", "accelerator_type",
+     "object_store_memory", "label_selector"}
+)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class AutoscalingConfig(_Model):
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(10, ge=1)
+    initial_replicas: int | None = Field(None, ge=0)
+    scale_up_queue_depth_threshold: float = Field(5.0, ge=0)
+    scale_up_capacity_threshold: float = Field(0.8, ge=0)
+    scale_up_request_rate_threshold: float = Field(10.0, ge=0)
+    scale_down_capacity_threshold: float = Field(0.3, ge=0)
+    scale_down_queue_depth_threshold: float = Field(1.0, ge=0)
+    scale_down_idle_time_threshold: float = Field(300.0, ge=0)
+    min_time_between_scale_events: float = Field(60.0, ge=0)
+    scale_up_cooldown: float = Field(30.0, ge=0)
+    scale_down_cooldown: float = Field(120.0, ge=0)
+    scale_up_step_size: int = Field(1, ge=1)
+    scale_down_step_size: int = Field(1, ge=1)
+    max_queue_depth_emergency: float = Field(20.0, ge=0)
+    min_healthy_replicas_ratio: float = Field(0.5, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) is greater than max_replicas "
+                f"({self.max_replicas}); min_replicas must be <= max_replicas")
+        if self.initial_replicas is not None and not (
+                self.min_replicas <= self.initial_replicas <= self.max_replicas):
+            raise ValueError(
+                f"initial_replicas ({self.initial_replicas}) must lie within "
+                f"[min_replicas={self.min_replicas}, max_replicas={self.max_replicas}]")
+        return self
+
+
+class BackendConfig(_Model):
+    """How a backend runs: replica count, concurrency, batching, retries, health."""
+
+    num_replicas: int = Field(1, ge=0)
+    user_config: Any = None
+    max_concurrent_queries: int = Field(100, ge=1)
+    max_queued_requests: int = Field(10_000, ge=0)
+    max_batch_size: int | None = Field(None, ge=1)
+    batch_wait_timeout: float = Field(0.0, ge=0)
+    max_retries: int = Field(3, ge=0)
+    idempotent: bool = True
+    graceful_shutdown_timeout_s: float = Field(20.0, ge=0)
+    health_check_period_s: float = Field(10.0, gt=0)
+    health_check_timeout_s: float = Field(30.0, gt=0)
+    health_check_failure_threshold: int = Field(3, ge=1)
+    autoscaling_config: AutoscalingConfig | None = None
+
+    def merged(self, update: BackendConfig) -> BackendConfig:
+        """This config with only the fields explicitly set on ``update`` replaced."""
+        data = self.model_dump()
+        for name in update.model_fields_set:
+            value = getattr(update, name)
+            data[name] = value.model_dump() if isinstance(value, BaseModel) else value
+        return BackendConfig.model_validate(data)
+
+    def initial_replicas(self) -> int:
+        auto = self.autoscaling_config
+        if auto is None:
+            return self.num_replicas
+        if auto.initial_replicas is not None:
+            return auto.initial_replicas
+        return max(auto.min_replicas, min(self.num_replicas, auto.max_replicas))
+
+
+class HTTPOptions(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    location: str = "HeadOnly"
+    max_body_bytes: int = Field(100 * 1024 * 1024, ge=1)
+    request_timeout_s: float = Field(60.0, gt=0)
+
+    @field_validator("location")
+    @classmethod
+    def _location(cls, v: str) -> str:
+        if v not in ("HeadOnly", "EveryNode", "NoServer"):
+            raise ValueError(f"location {v!r} is not one of 'HeadOnly', 'EveryNode', 'NoServer'")
+        return v
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.6g}"
+
+
+def validate_traffic(endpoint: str, traffic: Mapping[str, float]) -> dict[str, float]:
+    """Weights are finite, non-negative and sum to 1 (within 1e-6)."""
+    if not isinstance(traffic, Mapping) or not traffic:
+        raise InvalidConfigError(
+            f"traffic for endpoint {endpoint!r} is {traffic!r}; it must be a non-empty "
+            "dict of backend tag to weight")
+    out: dict[str, float] = {}
+    for tag, weight in traffic.items():
+        if not isinstance(tag, str):
+            raise InvalidConfigError(f"traffic for endpoint {endpoint!r} names backend {tag!r}; "
+                                     "backend tags must be strings")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise InvalidConfigError(
+                f"traffic weight for backend {tag!r} of endpoint {endpoint!r} is {weight!r}; "
+                "it must be a finite number")
+        if weight < 0:
+            raise InvalidConfigError(
+                f"traffic weight for backend {tag!r} of endpoint {endpoint!r} is {_fmt(weight)}; "
+                "weights must be >= 0")
+        out[tag] = float(weight)
+    total = sum(out.values())
+    if abs(total - 1.0) > 1e-6:
+        raise InvalidConfigError(
+            f"traffic weights for endpoint {endpoint!r} sum to {_fmt(total)}; they must sum to 1")
+    return out
+
+
+def validate_shadow_proportion(endpoint: str, backend: str, proportion: float) -> float:
+    if isinstance(proportion, bool) or not isinstance(proportion, (int, float)) \
+            or not math.isfinite(proportion) or not 0.0 <= proportion <= 1.0:
+        raise InvalidConfigError(
+            f"shadow proportion for backend {backend!r} of endpoint {endpoint!r} is "
+            f"{proportion!r}; it must lie in [0, 1]")
+    return float(proportion)
+
+
+def validate_actor_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise InvalidConfigError(f"ray_actor_options is {options!r}; it must be a dict")
+    owned = sorted(set(options) & CONTROLLER_OWNED_ACTOR_OPTIONS)
+    if owned:
+        raise InvalidConfigError(
+            f"ray_actor_options sets {', '.join(owned)}; the controller owns these options, "
+            "remove them")
+    unknown = sorted(set(options) - ALLOWED_ACTOR_OPTIONS)
+    if unknown:
+        raise InvalidConfigError(
+            f"ray_actor_options has unknown option(s) {', '.join(unknown)}; allowed: "
+            f"{', '.join(sorted(ALLOWED_ACTOR_OPTIONS))}")
+    for key in ("num_cpus", "num_gpus", "memory"):
+        value = options.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or value < 0):
+            raise InvalidConfigError(f"ray_actor_options[{key!r}] is {value!r}; it must be a number >= 0")
+    resources = options.get("resources")
+    if resources is not None and not isinstance(resources, Mapping):
+        raise InvalidConfigError(f"ray_actor_options['resources'] is {resources!r}; it must be a dict")
+    return dict(options)
+
+
+def parse_backend_config(config: BackendConfig | Mapping[str, Any] | None) -> BackendConfig:
+    """Accept a model or a dict; a dict's keys count as the fields explicitly set."""
+    if config is None:
+        return BackendConfig()
+    if isinstance(config, BackendConfig):
+        return config
+    if isinstance(config, Mapping):
+        try:
+            return BackendConfig.model_validate(dict(config))
+        except ValidationError as exc:
+            raise InvalidConfigError(f"invalid backend config: {_explain(exc)}") from None
+    raise InvalidConfigError(f"config is {type(config).__name__}; it must be a BackendConfig or a dict")
+
+
+def _explain(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        parts.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(parts)
+
+
+def explain_validation_error(exc: ValidationError) -> str:
+    return _explain(exc)

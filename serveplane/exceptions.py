@@ -1,0 +1,106 @@
+"""One error hierarchy, grouped by what the caller can do about it.
+
+- bad input: ``ValueError`` subclasses, raised before anything changes;
+- not found: ``KeyError``-like lookups of backends, endpoints, sessions;
+- back-pressure: retry later;
+- replica failure: the request did not complete on a replica;
+- controller/store unavailable, stale epoch, corrupt checkpoint: control-plane faults.
+
+Messages name the bad value and the rule, lowercase, e.g.
+"traffic weights for endpoint 'ep' sum to 0.9; they must sum to 1".
+"""
+
+from __future__ import annotations
+
+
+class ServeplaneError(Exception):
+    """Base of every error serveplane raises on purpose."""
+
+
+# -- bad input ---------------------------------------------------------------
+class InvalidInputError(ServeplaneError, ValueError):
+    """The call was refused before anything changed."""
+
+
+class DuplicateError(InvalidInputError):
+    """A backend tag, endpoint name or route is already taken by something different."""
+
+
+class InUseError(InvalidInputError):
+    """The object is still referenced (e.g. a backend used by an endpoint's traffic)."""
+
+
+class InvalidConfigError(InvalidInputError):
+    """A config value breaks a rule (weights, proportions, actor options, YAML)."""
+
+
+# -- not found ---------------------------------------------------------------
+class NotFoundError(ServeplaneError, KeyError):
+    """A named backend, endpoint, route or session does not exist."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class BackendNotFoundError(NotFoundError, InvalidInputError):
+    pass
+
+
+class EndpointNotFoundError(NotFoundError, InvalidInputError):
+    pass
+
+
+# -- back-pressure -----------------------------------------------------------
+class BackPressureError(ServeplaneError):
+    """Every replica is full and the router's queue is at its limit: retry later."""
+
+
+# -- replica failures --------------------------------------------------------
+class ReplicaError(ServeplaneError):
+    """A request did not complete on a replica."""
+
+
+class ReplicaDiedError(ReplicaError):
+    """The replica running the request died and the request was not retried."""
+
+
+class NoReplicasError(ReplicaError):
+    """No replica became available within the request's timeout."""
+
+
+class BatchSizeMismatchError(ReplicaError):
+    """A batch method returned a list whose length differs from its input."""
+
+
+class RequestTimeoutError(ServeplaneError, TimeoutError):
+    """A request or a goal did not finish in time."""
+
+
+# -- control plane -----------------------------------------------------------
+class ControllerUnavailableError(ServeplaneError):
+    """The controller could not be reached."""
+
+
+class KVStoreUnavailableError(ServeplaneError):
+    """A key-value store operation failed because the store is unreachable."""
+
+    def __init__(self, store: str, operation: str, cause: BaseException | str):
+        self.store = store
+        self.operation = operation
+        self.cause = cause
+        super().__init__(f"key-value store {store} is unavailable: {operation} failed ({cause})")
+
+    def __reduce__(self):
+        return (type(self), (self.store, self.operation, str(self.cause)))
+
+
+class StaleEpochError(ServeplaneError):
+    """A writer holding an old epoch tried to write: a newer controller owns the state."""
+
+
+class CorruptCheckpointError(ServeplaneError):
+    """A checkpoint failed its checksum or has an unknown schema version; nothing was loaded."""
+
+
+class ReplicaStartupError(ReplicaError):
+    """Replicas of a backend version failed to start repeatedly (e.g. the constructor raised)."""

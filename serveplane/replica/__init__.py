@@ -1,0 +1,5 @@
+"""The replica actor that wraps user code."""
+
+from serveplane.replica.actor import ReplicaActor
+
+__all__ = ["ReplicaActor"]

@@ -1,0 +1,230 @@
+"""The replica actor: runs one copy of a backend's user code.
+
+Invariants:
+- ``handle_request`` never lets an application error leave the actor unhealthy; the error
+  travels to the caller and the replica keeps serving.
+- ``prepare_for_shutdown`` stops taking nothing away from in-flight requests: it waits for
+  them (up to the graceful timeout) before the controller kills the actor.
+- Sync user methods run in a thread pool so that ``max_concurrent_queries`` means what it
+  says and a slow sync call does not stall control calls (health, metrics, drain).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+import cloudpickle
+
+from serveplane.config import BackendConfig
+from serveplane.exceptions import BatchSizeMismatchError
+from serveplane.context import current_request, current_session_id
+from serveplane.records import RequestMetadata
+from serveplane.replica.batching import Batcher
+from serveplane.replica.metrics import ReplicaMetrics
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None))
+
+
+class ReplicaActor:
+    """Wrapped with ``ray.remote`` by ``ReplicaActorWrapper``; never constructed directly."""
+
+    def __init__(self, backend: str, replica_tag: str, code_blob: bytes, init_blob: bytes,
+                 config: dict[str, Any], version: str) -> None:
+        self._backend = backend
+        self._replica_tag = replica_tag
+        self._version = version
+        self._config = BackendConfig.model_validate(config)
+        func_or_class = cloudpickle.loads(code_blob)
+        init_args, init_kwargs = cloudpickle.loads(init_blob)
+        self._executor = ThreadPoolExecutor(
+            max_workers=min(64, self._config.max_concurrent_queries),
+            thread_name_prefix=f"replica-{backend}")
+        if inspect.isclass(func_or_class):
+            self._callable: Any = func_or_class(*init_args, **init_kwargs)
+            self._is_function = False
+        else:
+            self._callable = func_or_class
+            self._is_function = True
+        self._user_config_applied = False
+        if self._config.user_config is not None:
+            self._apply_user_config_sync(self._config.user_config)
+        self._metrics = ReplicaMetrics()
+        self._accept_batchers: dict[str, Batcher] = {}
+        self._draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- control ---------------------------------------------------------------
+    async def ready(self) -> dict[str, Any]:
+        import ray
+
+        return {
+            "replica_tag": self._replica_tag,
+            "version": self._version,
+            "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+        }
+
+    def _apply_user_config_sync(self, user_config: Any) -> None:
+        reconfigure = getattr(self._callable, "reconfigure", None)
+        if reconfigure is None:
+            if self._is_function:
+                return
+            raise ValueError(
+                f"backend {self._backend!r} has a user_config but its class defines no "
+                "reconfigure(user_config) method; add one or drop user_config")
+        if _is_async(reconfigure):
+            raise TypeError("_apply_user_config_sync called with an async reconfigure")
+        reconfigure(user_config)
+
+    async def reconfigure(self, user_config: Any) -> None:
+        reconfigure = getattr(self._callable, "reconfigure", None)
+        if reconfigure is None:
+            if not self._is_function:
+                raise ValueError(
+                    f"backend {self._backend!r} got a user_config but its class defines no "
+                    "reconfigure(user_config) method")
+            return
+        if _is_async(reconfigure):
+            await reconfigure(user_config)
+        else:
+            await asyncio.get_running_loop().run_in_executor(self._executor, reconfigure, user_config)
+
+    async def check_health(self) -> None:
+        check = getattr(self._callable, "check_health", None)
+        if check is None or self._is_function:
+            return
+        if _is_async(check):
+            await check()
+        else:
+            await asyncio.get_running_loop().run_in_executor(self._executor, check)
+
+    async def prepare_for_shutdown(self, timeout_s: float) -> int:
+        """Stop being chosen and wait for in-flight requests; returns how many were left."""
+        self._draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=timeout_s)
+        except asyncio.TimeoutError:
+            pass
+        return self._metrics.in_flight
+
+    async def get_metrics(self) -> dict[str, Any]:
+        return self._metrics.snapshot(draining=self._draining)
+
+    # -- data ------------------------------------------------------------------
+    def _resolve(self, method_name: str) -> Callable[..., Any]:
+        if self._is_function:
+            if method_name not in ("__call__", "", None):
+                raise AttributeError(
+                    f"backend {self._backend!r} is a function; it has no method {method_name!r}")
+            return self._callable
+        if method_name.startswith("_") and method_name != "__call__":
+            raise AttributeError(
+                f"method {method_name!r} of backend {self._backend!r} is private; "
+                "only public methods and __call__ can be called")
+        method = getattr(self._callable, method_name, None)
+        if method is None or not callable(method):
+            raise AttributeError(f"backend {self._backend!r} has no method {method_name!r}")
+        return method
+
+    async def _call(self, method: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        if _is_async(method):
+            return await method(*args, **kwargs)
+        loop = asyncio.get_running_loop()
+        # copy_context so the request's contextvars reach the worker thread
+        ctx = __import__("contextvars").copy_context()
+        return await loop.run_in_executor(
+            self._executor, functools.partial(ctx.run, method, *args, **kwargs))
+
+    async def handle_request(self, meta: RequestMetadata, *args: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        self._metrics.begin()
+        self._idle.clear()
+        token_req = current_request.set(meta)
+        token_sess = current_session_id.set(meta.session_id)
+        ok = False
+        try:
+            method = self._resolve(meta.method_name)
+            if getattr(method, "_serveplane_accept_batch", False) and self._config.max_batch_size:
+                result = await self._accept_batcher(meta.method_name, method).submit(
+                    _one_arg(args, kwargs, meta.method_name))
+            else:
+                result = await self._call(method, args, kwargs)
+            ok = True
+            return result
+        finally:
+            current_session_id.reset(token_sess)
+            current_request.reset(token_req)
+            self._metrics.end(ok, time.monotonic() - started, meta.session_id)
+            if self._metrics.in_flight == 0:
+                self._idle.set()
+
+    def _accept_batcher(self, name: str, method: Callable[..., Any]) -> Batcher:
+        batcher = self._accept_batchers.get(name)
+        if batcher is None:
+            async def call_list(items: list[Any]) -> list[Any]:
+                return await self._call(method, (items,), {})
+
+            batcher = Batcher(call_list, f"{self._backend}.{name}", self._config.max_batch_size or 1,
+                              self._config.batch_wait_timeout)
+            self._accept_batchers[name] = batcher
+        return batcher
+
+    async def handle_batch(self, meta: RequestMetadata, calls: list[tuple[tuple, dict]]) -> list[Any]:
+        """Router-side batching: run a gathered list of calls in one actor call.
+
+        Returns one entry per call: ``(True, value)`` or ``(False, exception)``, so one
+        caller's error never fails the others.
+        """
+        method = self._resolve(meta.method_name)
+        batch_fn = getattr(method, "_serveplane_batch", None)
+        if batch_fn is not None or getattr(method, "_serveplane_accept_batch", False):
+            self._metrics.begin()
+            self._idle.clear()
+            started = time.monotonic()
+            try:
+                if batch_fn is not None:
+                    return await batch_fn.run_gathered(self._callable, calls)
+                items = [_one_arg(a, k, meta.method_name) for a, k in calls]
+                size = self._config.max_batch_size or len(items)
+                out: list[tuple[bool, Any]] = []
+                for i in range(0, len(items), size):
+                    chunk = items[i:i + size]
+                    try:
+                        results = await self._call(method, (chunk,), {})
+                        if not isinstance(results, (list, tuple)) or len(results) != len(chunk):
+                            raise BatchSizeMismatchError(
+                                f"batch method {meta.method_name!r} of backend {self._backend!r} "
+                                f"returned {len(results) if isinstance(results, (list, tuple)) else type(results).__name__} "
+                                f"results for a batch of {len(chunk)}")
+                        out.extend((True, r) for r in results)
+                    except Exception as exc:  # noqa: BLE001 - returned to each caller
+                        out.extend((False, exc) for _ in chunk)
+                return out
+            finally:
+                self._metrics.end(True, time.monotonic() - started, None)
+                if self._metrics.in_flight == 0:
+                    self._idle.set()
+
+        async def one(args: tuple, kwargs: dict) -> tuple[bool, Any]:
+            try:
+                return True, await self.handle_request(meta, *args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - returned to its own caller
+                return False, exc
+
+        return list(await asyncio.gather(*(one(a, k) for a, k in calls)))
+
+
+def _one_arg(args: tuple, kwargs: dict, name: str) -> Any:
+    if kwargs or len(args) != 1:
+        raise TypeError(f"batched method {name!r} takes exactly one positional argument per call")
+    return args[0]

@@ -1,0 +1,57 @@
+"""Shared fixtures. One Ray instance per pytest session (starting Ray costs ~6 s here).
+
+Tests that need their own cluster (``ray.cluster_utils.Cluster``, a cluster restart) run
+their scenario in a subprocess so the shared instance is never torn down.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# Logical resources: enough CPUs for a few replicas on a 2-core machine, and two logical
+# GPUs so that placement with num_gpus (fractional too) is tested without a GPU.
+RAY_NUM_CPUS = 8
+RAY_NUM_GPUS = 2
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=RAY_NUM_CPUS, num_gpus=RAY_NUM_GPUS, include_dashboard=False,
+                 namespace="serveplane-test", logging_level="WARNING",
+                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    yield ray
+
+
+@pytest.fixture
+def serve_instance(ray_session):
+    """A fresh controller in its own namespace and GCS KV namespace; shut down after the test."""
+    import serveplane
+
+    ns = f"t-{uuid.uuid4().hex[:8]}"
+    client = serveplane.start(kv_store=f"ray://{ns}", namespace=ns)
+    try:
+        yield client
+    finally:
+        client.shutdown()
+
+
+def run_script(code: str, timeout: float = 240.0, env: dict[str, str] | None = None) -> str:
+    """Run a Python scenario in a fresh interpreter (its own Ray); return its stdout."""
+    full_env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_DEDUP_LOGS="0")
+    full_env.update(env or {})
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=str(ROOT))
+    if proc.returncode != 0:
+        raise AssertionError(f"scenario failed (exit {proc.returncode}):\nSTDOUT:\n{proc.stdout[-4000:]}"
+                             f"\nSTDERR:\n{proc.stderr[-6000:]}")
+    return proc.stdout
