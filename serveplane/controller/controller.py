@@ -27,6 +27,7 @@ from serveplane.config import (
     parse_backend_config,
     validate_actor_options,
 )
+from serveplane.controller.autoscaler import Autoscaler
 from serveplane.controller.goals import GoalManager
 from serveplane.endpoint_state import EndpointRecord, EndpointState
 from serveplane.endpoint_state.state import validate_name
@@ -77,6 +78,7 @@ class ServeController:
         self._backends = BackendStateManager(factory)
         self._endpoints = EndpointState(self._backends.exists)
         self._goals = GoalManager()
+        self._autoscaler = Autoscaler()
         self._blobs: dict[str, bytes] = {}
         self._started_at = time.monotonic()
         self._recovered_at: float | None = None
@@ -212,6 +214,7 @@ class ServeController:
 
     def control_step(self, now: float) -> None:
         """One reconcile pass: decide under the lock's protection (no awaits), then act."""
+        self._autoscale(now)
         updates = self._backends.update(now)
         if any(u.names_changed for u in updates.values()):
             self._checkpoint()  # write-ahead: new replica names before their actors start
@@ -239,6 +242,32 @@ class ServeController:
         if now - self._last_sweep > ORPHAN_SWEEP_PERIOD_S:
             self._last_sweep = now
             self._sweep_orphans()
+
+    def _autoscale(self, now: float) -> None:
+        changed = False
+        for state in self._backends:
+            auto = state.record.config.autoscaling_config
+            if auto is None or state.record.deleting:
+                continue
+            running = len(state.serving_infos())
+            desired = self._autoscaler.decide(
+                state.tag, auto, state.record.target_replicas, running, running,
+                state.record.config.max_concurrent_queries, now)
+            if desired is not None:
+                state.set_target_replicas(desired)
+                changed = True
+                logger.info("autoscaling %s to %d: %s", state.tag, desired,
+                            self._autoscaler.events[-1].reason)
+        if changed:
+            self._checkpoint()
+
+    async def record_handle_metrics(self, router_id: str,
+                                    per_backend: dict[str, dict[str, float]]) -> None:
+        """Routers push queued / in-flight / rate per backend (a few times a second at most)."""
+        self._autoscaler.record(router_id, per_backend, time.monotonic())
+
+    async def get_scaling_events(self) -> list[dict[str, Any]]:
+        return [e.as_dict() for e in self._autoscaler.events]
 
     # -- backends ----------------------------------------------------------------------
     async def create_backend(self, tag: str, code_blob: bytes, init_blob: bytes,
