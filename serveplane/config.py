@@ -6,6 +6,7 @@ Invariant: a model instance is always valid; bad values raise ``InvalidConfigErr
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Mapping
 
@@ -79,6 +80,16 @@ class BackendConfig(_Model):
     health_check_timeout_s: float = Field(30.0, gt=0)
     health_check_failure_threshold: int = Field(3, ge=1)
     autoscaling_config: AutoscalingConfig | None = None
+
+    @field_validator("user_config")
+    @classmethod
+    def _json_user_config(cls, v: Any) -> Any:
+        try:
+            json.dumps(v)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"user_config is not JSON-serializable ({exc}); use dicts, lists, "
+                             "strings and numbers") from None
+        return v
 
     def merged(self, update: BackendConfig) -> BackendConfig:
         """This config with only the fields explicitly set on ``update`` replaced."""

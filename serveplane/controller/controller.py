@@ -65,7 +65,7 @@ class ServeController:
     """Run as a named, detached async Ray actor (see ``serveplane.api.start``)."""
 
     def __init__(self, kv_url: str, namespace: str, http_options: dict[str, Any] | None = None,
-                 wrapper_factory: Any = None) -> None:
+                 wrapper_factory: Any = None, run_loop: bool = True) -> None:
         self._namespace = namespace
         self._kv_url = kv_url
         self._http_options = http_options
@@ -86,6 +86,7 @@ class ServeController:
         self._recover()
         self._loop_task: asyncio.Task | None = None
         self._shutting_down = False
+        self._run_loop = run_loop
         try:
             self._ensure_loop()
         except RuntimeError:
@@ -186,6 +187,8 @@ class ServeController:
 
     # -- control loop ----------------------------------------------------------------
     def _ensure_loop(self) -> None:
+        if not self._run_loop:
+            return
         if self._loop_task is None or self._loop_task.done():
             loop = asyncio.get_running_loop()
             self._loop_task = loop.create_task(self._run_control_loop(), name="serveplane-control-loop")

@@ -33,7 +33,8 @@ def controller():
     FakeReplicaActorWrapper.existing_actors.clear()
     url = f"memory://{uuid.uuid4().hex}"
     WriteAheadChecker.store_url = url
-    ctrl = ServeController(url, "unit", wrapper_factory=lambda b, t: WriteAheadChecker(b, t))
+    ctrl = ServeController(url, "unit", wrapper_factory=lambda b, t: WriteAheadChecker(b, t),
+                           run_loop=False)
     ctrl._sweep_orphans = lambda: None  # no Ray here
     return ctrl, url
 
@@ -64,7 +65,8 @@ def test_restart_recovers_state_and_replicas(controller):
     step_until_done(ctrl, run(ctrl.create_backend("m", b"code", b"init", {}, {"num_replicas": 2})))
     run(ctrl.create_endpoint("ep", "m", "/ep", ["GET"]))
     names_before = {w.actor_name for w in FakeReplicaActorWrapper.registry.values() if w.started}
-    successor = ServeController(url, "unit", wrapper_factory=lambda b, t: WriteAheadChecker(b, t))
+    successor = ServeController(url, "unit", wrapper_factory=lambda b, t: WriteAheadChecker(b, t),
+                           run_loop=False)
     successor._sweep_orphans = lambda: None
     assert successor._epoch == ctrl._epoch + 1
     assert run(successor.list_endpoints())["ep"]["route"] == "/ep"

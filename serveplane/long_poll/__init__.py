@@ -1,0 +1,7 @@
+"""Long-poll: the controller publishes fine-grained keys; routers and proxies listen."""
+
+from serveplane.long_poll.client import LongPollClient, Subscription
+from serveplane.long_poll.host import LONG_POLL_TIMEOUT, LongPollHost, LongPollTimeout, UpdatedObject
+
+__all__ = ["LONG_POLL_TIMEOUT", "LongPollClient", "LongPollHost", "LongPollTimeout", "Subscription",
+           "UpdatedObject"]
