@@ -97,7 +97,7 @@ class ReplicaActorWrapper:
             max_restarts=0, max_concurrency=max(1000, spec.config.get("max_concurrent_queries", 100) * 2),
             **options,
         ).remote(spec.backend, self.replica_tag, spec.code_blob, spec.init_blob, spec.config,
-                 spec.version)
+                 spec.version, spec.user_config_version)
         self._ready = self.actor_handle.ready.remote().future()
 
     def recover(self) -> bool:
@@ -113,14 +113,15 @@ class ReplicaActorWrapper:
         if status is ProbeStatus.SUCCEEDED and self._ready is not None:
             meta = self._ready.result()
             self.node_id = meta.get("node_id")
-            if self.version is None:  # recovered: learn the version from the replica
+            if self.version is None:  # recovered: learn the versions from the replica
                 self.version = meta.get("version")
+                self.user_config_version = meta.get("user_config_version")
         return status, err
 
     # -- reconfigure -------------------------------------------------------------
     def reconfigure(self, user_config: Any, user_config_version: str) -> None:
         self.user_config_version = user_config_version
-        self._reconfigure = self.actor_handle.reconfigure.remote(user_config).future()
+        self._reconfigure = self.actor_handle.reconfigure.remote(user_config, user_config_version).future()
 
     def check_reconfigured(self) -> tuple[ProbeStatus, str | None]:
         return _probe(self._reconfigure)

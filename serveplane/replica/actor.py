@@ -38,10 +38,11 @@ class ReplicaActor:
     """Wrapped with ``ray.remote`` by ``ReplicaActorWrapper``; never constructed directly."""
 
     def __init__(self, backend: str, replica_tag: str, code_blob: bytes, init_blob: bytes,
-                 config: dict[str, Any], version: str) -> None:
+                 config: dict[str, Any], version: str, user_config_version: str | None = None) -> None:
         self._backend = backend
         self._replica_tag = replica_tag
         self._version = version
+        self._user_config_version = user_config_version
         self._config = BackendConfig.model_validate(config)
         func_or_class = cloudpickle.loads(code_blob)
         init_args, init_kwargs = cloudpickle.loads(init_blob)
@@ -70,6 +71,7 @@ class ReplicaActor:
         return {
             "replica_tag": self._replica_tag,
             "version": self._version,
+            "user_config_version": self._user_config_version,
             "pid": os.getpid(),
             "node_id": ray.get_runtime_context().get_node_id(),
         }
@@ -86,7 +88,10 @@ class ReplicaActor:
             raise TypeError("_apply_user_config_sync called with an async reconfigure")
         reconfigure(user_config)
 
-    async def reconfigure(self, user_config: Any) -> None:
+    async def reconfigure(self, user_config: Any, user_config_version: str | None = None) -> None:
+        self._user_config_version = user_config_version
+        if user_config is None:
+            return  # nothing to apply: user_config was removed
         reconfigure = getattr(self._callable, "reconfigure", None)
         if reconfigure is None:
             if not self._is_function:

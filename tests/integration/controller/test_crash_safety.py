@@ -16,7 +16,7 @@ from serveplane.exceptions import StaleEpochError
 from serveplane.records import CONTROLLER_NAME
 from tests.conftest import run_script
 from tests.integration.controller.backends import Counter, echo
-from tests.integration.controller.helpers import replica_actors
+from tests.integration.controller.helpers import call_replica, replica_actors
 
 pytestmark = [pytest.mark.ray]
 
@@ -122,6 +122,9 @@ def test_controller_killed_at_random_points_during_30_calls(serve_instance):
             break
         assert time.monotonic() < deadline, f"replicas {actual} != {expected}, stray {stray}, status {status}"
         time.sleep(0.5)
+    # user_config reached every live replica of 'b' (recovered ones too), none re-applied wrongly
+    infos = [call_replica(a, method="info") for a in replica_actors(client, "b").values()]
+    assert [i["threshold"] for i in infos] == [7] * model["backends"]["b"]["num_replicas"]
     print(f"\n{len(calls)} calls, {kills} controller kills, {elapsed:.1f}s")
 
 
