@@ -79,6 +79,7 @@ class ServeController:
         self._endpoints = EndpointState(self._backends.exists)
         self._goals = GoalManager()
         self._autoscaler = Autoscaler()
+        self._router_stats: dict[str, tuple[float, dict[str, Any]]] = {}
         self._blobs: dict[str, bytes] = {}
         self._started_at = time.monotonic()
         self._recovered_at: float | None = None
@@ -264,10 +265,13 @@ class ServeController:
         if changed:
             self._checkpoint()
 
-    async def record_handle_metrics(self, router_id: str,
-                                    per_backend: dict[str, dict[str, float]]) -> None:
+    async def record_handle_metrics(self, router_id: str, per_backend: dict[str, dict[str, float]],
+                                    router_stats: dict[str, Any] | None = None) -> None:
         """Routers push queued / in-flight / rate per backend (a few times a second at most)."""
-        self._autoscaler.record(router_id, per_backend, time.monotonic())
+        now = time.monotonic()
+        self._autoscaler.record(router_id, per_backend, now)
+        if router_stats is not None:
+            self._router_stats[router_id] = (now, router_stats)
 
     async def get_scaling_events(self) -> list[dict[str, Any]]:
         return [e.as_dict() for e in self._autoscaler.events]
