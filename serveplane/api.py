@@ -9,7 +9,9 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from serveplane.client import Client
-from serveplane.config import HTTPOptions
+from pydantic import ValidationError
+
+from serveplane.config import HTTPOptions, explain_validation_error
 from serveplane.controller.controller import ServeController
 from serveplane.exceptions import ControllerUnavailableError, InvalidConfigError
 from serveplane.records import CONTROLLER_NAME, DEFAULT_NAMESPACE
@@ -25,11 +27,13 @@ def start(detached: bool = True, http_options: HTTPOptions | Mapping[str, Any] |
 
     Calls ``ray.init()`` when Ray is not initialized yet.
     """
+    options = None
     if http_options is not None:
-        HTTPOptions.model_validate(dict(http_options) if isinstance(http_options, Mapping)
-                                   else http_options.model_dump())
-        raise InvalidConfigError(
-            "http_options is set but this build has no HTTP proxy yet; pass http_options=None")
+        try:
+            options = HTTPOptions.model_validate(
+                dict(http_options) if isinstance(http_options, Mapping) else http_options.model_dump())
+        except ValidationError as exc:
+            raise InvalidConfigError(f"invalid http_options: {explain_validation_error(exc)}") from None
     if not isinstance(kv_store, str):
         raise InvalidConfigError(f"kv_store is {kv_store!r}; give a URL such as 'ray://serveplane'")
     if not ray.is_initialized():
@@ -47,7 +51,31 @@ def start(detached: bool = True, http_options: HTTPOptions | Mapping[str, Any] |
         ).remote(kv_store, namespace, None)
     client = Client(controller, namespace, detached)
     client._call("ping", timeout_s=120.0)
+    if options is not None and options.location != "NoServer":
+        client.http_urls = start_proxies(options, namespace, detached)
     return client
+
+
+def proxy_name(node_id: str) -> str:
+    return f"serveplane_proxy:{node_id}"
+
+
+def start_proxies(options: HTTPOptions, namespace: str, detached: bool) -> list[str]:
+    """One proxy on this node (``HeadOnly``) or one per alive node (``EveryNode``)."""
+    from serveplane.http.proxy import HTTPProxyActor
+
+    if options.location == "EveryNode":
+        nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+    else:
+        nodes = [ray.get_runtime_context().get_node_id()]
+    proxies = []
+    for node_id in nodes:
+        proxies.append(ray.remote(HTTPProxyActor).options(
+            name=proxy_name(node_id), namespace=namespace, get_if_exists=True,
+            lifetime="detached" if detached else None, max_restarts=-1, max_concurrency=10_000,
+            num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+        ).remote(options.model_dump(), namespace))
+    return ray.get([p.ready.remote() for p in proxies], timeout=60)
 
 
 def connect(namespace: str = DEFAULT_NAMESPACE) -> Client:

@@ -46,6 +46,7 @@ class Client:
         self._namespace = namespace
         self._detached = detached
         self._shutdown = False
+        self.http_urls: list[str] = []
 
     def __repr__(self) -> str:
         return f"<serveplane.Client namespace={self._namespace!r}>"
@@ -200,6 +201,25 @@ class Client:
 
         end_session(session_id)
 
+    # -- metrics -----------------------------------------------------------------------
+    def get_metrics(self) -> dict[str, Any]:
+        """Service-level, per-replica and shadow figures (see README, "Metrics")."""
+        return self._call("get_metrics")
+
+    def get_metrics_summary(self) -> dict[str, Any]:
+        """The service-level figures only."""
+        return self.get_metrics()["service"]
+
+    def get_metrics_prometheus(self) -> str:
+        from serveplane.metrics import render_prometheus
+
+        metrics = self.get_metrics()
+        backends_to_endpoints: dict[str, list[str]] = {}
+        for endpoint, backends in metrics.get("endpoints", {}).items():
+            for backend in backends:
+                backends_to_endpoints.setdefault(backend, []).append(endpoint)
+        return render_prometheus(metrics, backends_to_endpoints)
+
     # -- status, lifecycle -------------------------------------------------------------
     def get_status(self) -> dict[str, Any]:
         return self._call("get_status")
@@ -211,10 +231,19 @@ class Client:
             self._call("shutdown", timeout_s=30.0)
         except ServeplaneError as exc:
             logger.warning("controller shutdown failed: %s", exc)
+        for entry in ray.util.list_named_actors(all_namespaces=True):
+            if entry.get("namespace") == self._namespace and entry["name"].startswith("serveplane_proxy:"):
+                try:
+                    ray.kill(ray.get_actor(entry["name"], namespace=self._namespace), no_restart=True)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
         try:
             ray.kill(self._controller, no_restart=True)
         except Exception:  # noqa: BLE001 - already gone
             pass
+        from serveplane.router import drop_routers
+
+        drop_routers(CONTROLLER_NAME, self._namespace)
         from serveplane.long_poll import LongPollClient
 
         for client in LongPollClient.all_clients():

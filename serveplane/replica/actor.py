@@ -27,6 +27,7 @@ from serveplane.context import current_request, current_session_id
 from serveplane.records import RequestMetadata
 from serveplane.replica.batching import Batcher
 from serveplane.replica.metrics import ReplicaMetrics
+from serveplane.replica.streaming import collect_if_streaming
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
@@ -163,7 +164,7 @@ class ReplicaActor:
                 result = await self._accept_batcher(meta.method_name, method).submit(
                     _one_arg(args, kwargs, meta.method_name))
             else:
-                result = await self._call(method, args, kwargs)
+                result = await collect_if_streaming(await self._call(method, args, kwargs))
             ok = True
             return result
         finally:
