@@ -26,7 +26,7 @@ redis:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
 run: $(STAMP)
-	$(PY) -m serveplane.demo
+	$(PY) -m serveplane.cli run examples/quickstart.yaml
 
 test: $(TEST_STAMP) redis
 	$(PY) -m pytest tests -q; rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc

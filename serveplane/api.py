@@ -52,7 +52,8 @@ def start(detached: bool = True, http_options: HTTPOptions | Mapping[str, Any] |
     client = Client(controller, namespace, detached)
     client._call("ping", timeout_s=120.0)
     if options is not None and options.location != "NoServer":
-        client.http_urls = start_proxies(options, namespace, detached)
+        # keep the handles: a non-detached actor dies with its owner's last reference
+        client.http_urls, client._proxies = start_proxies(options, namespace, detached)
     return client
 
 
@@ -60,7 +61,7 @@ def proxy_name(node_id: str) -> str:
     return f"serveplane_proxy:{node_id}"
 
 
-def start_proxies(options: HTTPOptions, namespace: str, detached: bool) -> list[str]:
+def start_proxies(options: HTTPOptions, namespace: str, detached: bool) -> tuple[list[str], list[Any]]:
     """One proxy on this node (``HeadOnly``) or one per alive node (``EveryNode``)."""
     from serveplane.http.proxy import HTTPProxyActor
 
@@ -75,7 +76,7 @@ def start_proxies(options: HTTPOptions, namespace: str, detached: bool) -> list[
             lifetime="detached" if detached else None, max_restarts=-1, max_concurrency=10_000,
             num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
         ).remote(options.model_dump(), namespace))
-    return ray.get([p.ready.remote() for p in proxies], timeout=60)
+    return ray.get([p.ready.remote() for p in proxies], timeout=60), proxies
 
 
 def connect(namespace: str = DEFAULT_NAMESPACE) -> Client:

@@ -47,6 +47,7 @@ class Client:
         self._detached = detached
         self._shutdown = False
         self.http_urls: list[str] = []
+        self._proxies: list[Any] = []
 
     def __repr__(self) -> str:
         return f"<serveplane.Client namespace={self._namespace!r}>"
@@ -102,7 +103,7 @@ class Client:
                        *actor_init_args: Any, ray_actor_options: Mapping[str, Any] | None = None,
                        config: BackendConfig | Mapping[str, Any] | None = None,
                        blocking: bool = True, timeout_s: float = DEFAULT_GOAL_TIMEOUT_S,
-                       **actor_init_kwargs: Any) -> str | None:
+                       code_version: str | None = None, **actor_init_kwargs: Any) -> str | None:
         if not callable(func_or_class):
             raise InvalidConfigError(
                 f"func_or_class for backend {backend_tag!r} is {func_or_class!r}; give a "
@@ -115,21 +116,25 @@ class Client:
         goal = self._call("create_backend", backend_tag, cloudpickle.dumps(func_or_class),
                           cloudpickle.dumps((actor_init_args, actor_init_kwargs)), options,
                           cfg.model_dump(mode="json", exclude_unset=True),
-                          _accepts_batches(func_or_class))
+                          _accepts_batches(func_or_class), code_version)
         return self._wait(goal, blocking, timeout_s)
 
     def update_backend(self, backend_tag: str, func_or_class: Callable[..., Any] | type | None = None,
                        *actor_init_args: Any, ray_actor_options: Mapping[str, Any] | None = None,
                        config: BackendConfig | Mapping[str, Any] | None = None,
-                       blocking: bool = True, timeout_s: float = DEFAULT_GOAL_TIMEOUT_S) -> str | None:
+                       blocking: bool = True, timeout_s: float = DEFAULT_GOAL_TIMEOUT_S,
+                       code_version: str | None = None,
+                       init_kwargs: Mapping[str, Any] | None = None) -> str | None:
         """Change a backend's code, init args, actor options or config; replicas roll over
         one at a time without dropping below the target count."""
         code = cloudpickle.dumps(func_or_class) if func_or_class is not None else None
-        init = cloudpickle.dumps((actor_init_args, {})) if func_or_class is not None else None
+        init = (cloudpickle.dumps((actor_init_args, dict(init_kwargs or {})))
+                if func_or_class is not None else None)
         options = validate_actor_options(ray_actor_options) if ray_actor_options is not None else None
         update = parse_backend_config(config).model_dump(mode="json", exclude_unset=True) if config else None
         batches = _accepts_batches(func_or_class) if func_or_class is not None else None
-        goal = self._call("update_backend", backend_tag, code, init, options, update, batches)
+        goal = self._call("update_backend", backend_tag, code, init, options, update, batches,
+                          code_version)
         return self._wait(goal, blocking, timeout_s)
 
     def update_backend_config(self, backend_tag: str, config_options: BackendConfig | Mapping[str, Any],

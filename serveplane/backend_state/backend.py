@@ -70,23 +70,28 @@ class BackendRecord(BaseModel):
     version: str
     user_config_version: str
     accepts_batches: bool = False
+    code_version: str | None = None      # user-given stable version of the code, if any
     replica_tags: tuple[str, ...] = ()   # names the controller created (write-ahead)
     deleting: bool = False
 
     @staticmethod
     def make(tag: str, code_hash: str, init_hash: str, actor_options: dict[str, Any],
              config: BackendConfig, accepts_batches: bool = False,
-             replica_tags: tuple[str, ...] = (), target_replicas: int | None = None) -> BackendRecord:
+             replica_tags: tuple[str, ...] = (), target_replicas: int | None = None,
+             code_version: str | None = None) -> BackendRecord:
         return BackendRecord(
             tag=tag, code_hash=code_hash, init_hash=init_hash, actor_options=actor_options,
             config=config,
             target_replicas=config.initial_replicas() if target_replicas is None else target_replicas,
-            version=content_hash(code_hash, init_hash, actor_options),
+            version=content_hash(code_version or code_hash, init_hash, actor_options),
             user_config_version=user_config_version(config.user_config),
-            accepts_batches=accepts_batches, replica_tags=replica_tags)
+            accepts_batches=accepts_batches, code_version=code_version, replica_tags=replica_tags)
 
     def same_definition(self, other: BackendRecord) -> bool:
-        return (self.code_hash == other.code_hash and self.init_hash == other.init_hash
+        # pickled code is not byte-stable across processes: a given code_version wins
+        same_code = (self.code_version == other.code_version if self.code_version and other.code_version
+                     else self.code_hash == other.code_hash)
+        return (same_code and self.init_hash == other.init_hash
                 and self.actor_options == other.actor_options and self.config == other.config)
 
 

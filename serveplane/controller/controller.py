@@ -323,7 +323,7 @@ class ServeController:
     # -- backends ----------------------------------------------------------------------
     async def create_backend(self, tag: str, code_blob: bytes, init_blob: bytes,
                              actor_options: dict[str, Any] | None, config: dict[str, Any] | None,
-                             accepts_batches: bool = False) -> str | None:
+                             accepts_batches: bool = False, code_version: str | None = None) -> str | None:
         self._ensure_loop()
         validate_name("backend", tag)
         options = validate_actor_options(actor_options)
@@ -331,7 +331,8 @@ class ServeController:
         _check_json(tag, cfg.user_config)
         async with self._lock:
             code_hash, init_hash = blob_hash(code_blob), blob_hash(init_blob)
-            record = BackendRecord.make(tag, code_hash, init_hash, options, cfg, accepts_batches)
+            record = BackendRecord.make(tag, code_hash, init_hash, options, cfg, accepts_batches,
+                                        code_version=code_version)
             existing = self._backends.get_any(tag)
             if existing is not None and not existing.record.deleting:
                 if existing.record.same_definition(record):
@@ -358,7 +359,8 @@ class ServeController:
     async def update_backend(self, tag: str, code_blob: bytes | None, init_blob: bytes | None,
                              actor_options: dict[str, Any] | None,
                              config_update: dict[str, Any] | None,
-                             accepts_batches: bool | None = None) -> str | None:
+                             accepts_batches: bool | None = None,
+                             code_version: str | None = None) -> str | None:
         """Change code, init args, actor options and/or config; rolls replicas if needed."""
         self._ensure_loop()
         async with self._lock:
@@ -374,10 +376,14 @@ class ServeController:
             target = old.target_replicas
             if config_update and ("num_replicas" in config_update or "autoscaling_config" in config_update):
                 target = cfg.initial_replicas()
+            if code_blob is not None and code_version is not None and code_version == old.code_version:
+                code_hash = old.code_hash  # same declared version: keep the code that runs
+                code_blob = None
             record = BackendRecord.make(
                 tag, code_hash, init_hash, options, cfg,
                 old.accepts_batches if accepts_batches is None else accepts_batches,
-                replica_tags=old.replica_tags, target_replicas=target)
+                replica_tags=old.replica_tags, target_replicas=target,
+                code_version=code_version if code_version is not None else old.code_version)
             if record == old:
                 return None
             if code_blob is not None:
@@ -394,6 +400,13 @@ class ServeController:
         if not isinstance(config_update, dict):
             raise InvalidConfigError("config update must be a dict of the fields to change")
         return await self.update_backend(tag, None, None, None, config_update)
+
+    async def get_backend_definitions(self) -> dict[str, dict[str, Any]]:
+        """What ``serveplane apply`` compares against: versions, options and config."""
+        return {tag: {"code_version": s.record.code_version, "code_hash": s.record.code_hash,
+                      "init_hash": s.record.init_hash, "actor_options": s.record.actor_options,
+                      "config": s.record.config.model_dump(mode="json")}
+                for tag in self._backends.tags() for s in [self._backends.get(tag)]}
 
     async def get_backend_config(self, tag: str) -> dict[str, Any]:
         return self._backends.get(tag).record.config.model_dump(mode="json")

@@ -1,0 +1,151 @@
+"""Declarative apply: create, update and delete until the cluster matches a config.
+
+Order keeps every intermediate state valid: create backends, update backends, create or
+update endpoints, delete endpoints, delete backends (a backend is deleted only once no
+endpoint uses it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import cloudpickle
+
+from serveplane.client import Client
+from serveplane.deploy_config import BackendSpec, DeployConfig, EndpointSpec, import_attr
+
+
+# apply order: a change never leaves the cluster in a state the controller would refuse
+RANK = {("+", "backend"): 0, ("~", "backend"): 1, ("-", "route"): 2, ("+", "endpoint"): 3,
+        ("~", "endpoint"): 4, ("-", "endpoint"): 5, ("-", "backend"): 6}
+
+
+@dataclass
+class Change:
+    kind: str          # "+", "~", "-"
+    what: str          # "backend model:v1" ...
+    detail: str
+    run: Callable[[], Any]
+    rank: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.what}{': ' + self.detail if self.detail else ''}"
+
+
+def _change(kind: str, group: str, name: str, detail: str, run: Callable[[], Any]) -> Change:
+    noun = "endpoint" if group == "route" else group
+    return Change(kind, f"{noun} {name}", detail, run, RANK[(kind, group)])
+
+
+def code_version(spec: BackendSpec, obj: Any) -> str:
+    """A stable fingerprint of the code: import path and the module's source text."""
+    try:
+        source = inspect.getsource(inspect.getmodule(obj))  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        source = repr(obj)
+    return hashlib.sha256(f"{spec.import_path}\n{source}".encode()).hexdigest()[:16]
+
+
+def plan(client: Client, config: DeployConfig, base_dir: Path) -> list[Change]:
+    current_backends = client._call("get_backend_definitions")
+    current_endpoints = client.list_endpoints()
+    changes: list[Change] = []
+    wanted_backends = {b.name: b for b in config.backends}
+    wanted_endpoints = {e.name: e for e in config.endpoints}
+
+    for spec in config.backends:
+        obj = import_attr(spec.import_path, base_dir)
+        version = code_version(spec, obj)
+        config_fields = spec.config.model_dump(mode="json")
+        if spec.name not in current_backends:
+            changes.append(_change("+", "backend", spec.name, f"{spec.import_path} x{spec.config.num_replicas}",
+                                  _create_backend(client, spec, obj, version)))
+            continue
+        cur = current_backends[spec.name]
+        init_hash = hashlib.sha256(cloudpickle.dumps((tuple(spec.init_args), dict(spec.init_kwargs)))).hexdigest()
+        code_changed = cur["code_version"] != version or cur["init_hash"] != init_hash \
+            or cur["actor_options"] != spec.ray_actor_options
+        config_diff = {k: v for k, v in config_fields.items() if cur["config"].get(k) != v}
+        if code_changed:
+            changes.append(_change("~", "backend", spec.name, "code, init args or actor options changed "
+                                  "(rolling update)", _update_backend(client, spec, obj, version)))
+        elif config_diff:
+            changes.append(_change("~", "backend", spec.name, "config " + json.dumps(config_diff, sort_keys=True),
+                                  lambda s=spec, d=config_diff: client.update_backend_config(s.name, d)))
+
+    for spec in config.endpoints:
+        traffic = spec.traffic or {spec.initial_backend(): 1.0}
+        cur = current_endpoints.get(spec.name)
+        if cur is not None and (cur["route"] != spec.route or
+                                [m.upper() for m in cur["methods"]] != [m.upper() for m in spec.methods]):
+            changes.append(_change("-", "route", spec.name, "route or methods changed (re-created)",
+                                  lambda n=spec.name: client.delete_endpoint(n)))
+            cur = None
+        if cur is None:
+            changes.append(_change("+", "endpoint", spec.name, f"{spec.route or '(no route)'} -> "
+                                  + json.dumps(traffic, sort_keys=True), _create_endpoint(client, spec, traffic)))
+            continue
+        if cur["traffic"] != traffic:
+            changes.append(_change("~", "endpoint", spec.name, "traffic " + json.dumps(traffic, sort_keys=True),
+                                  lambda n=spec.name, t=traffic: client.set_traffic(n, t)))
+        for backend in sorted(set(cur["shadows"]) | set(spec.shadows)):
+            want = spec.shadows.get(backend, 0.0)
+            if cur["shadows"].get(backend, 0.0) != want:
+                changes.append(_change("~", "endpoint", spec.name, f"shadow {backend}={want:g}",
+                                      lambda n=spec.name, b=backend, p=want: client.shadow_traffic(n, b, p)))
+        if cur["router"] != spec.router:
+            changes.append(_change("~", "endpoint", spec.name, f"router {spec.router}",
+                                  lambda n=spec.name, r=spec.router: client.set_router(n, r)))
+        if (cur["batch_size"], cur["batch_timeout_s"]) != (spec.batch_size, spec.batch_timeout_s):
+            changes.append(_change("~", "endpoint", spec.name, f"batching {spec.batch_size}/{spec.batch_timeout_s:g}s",
+                                  lambda s=spec: client.set_batching(s.name, s.batch_size, s.batch_timeout_s)))
+
+    for name in sorted(set(current_endpoints) - set(wanted_endpoints)):
+        changes.append(_change("-", "endpoint", name, "", lambda n=name: client.delete_endpoint(n)))
+    for name in sorted(set(current_backends) - set(wanted_backends)):
+        changes.append(_change("-", "backend", name, "", lambda n=name: client.delete_backend(n)))
+    return changes
+
+
+def _create_backend(client: Client, spec: BackendSpec, obj: Any, version: str) -> Callable[[], Any]:
+    return lambda: client.create_backend(spec.name, obj, *spec.init_args,
+                                         ray_actor_options=spec.ray_actor_options or None,
+                                         config=spec.config, code_version=version, **spec.init_kwargs)
+
+
+def _update_backend(client: Client, spec: BackendSpec, obj: Any, version: str) -> Callable[[], Any]:
+    def run() -> Any:
+        client.update_backend(spec.name, obj, *spec.init_args, ray_actor_options=spec.ray_actor_options,
+                              code_version=version, init_kwargs=spec.init_kwargs)
+        return client.update_backend_config(spec.name, spec.config.model_dump(mode="json"))
+    return run
+
+
+def _create_endpoint(client: Client, spec: EndpointSpec, traffic: dict[str, float]) -> Callable[[], Any]:
+    def run() -> None:
+        client.create_endpoint(spec.name, backend=spec.initial_backend(), route=spec.route,
+                               methods=spec.methods, router=spec.router, batch_size=spec.batch_size,
+                               batch_timeout_s=spec.batch_timeout_s)
+        if traffic != {spec.initial_backend(): 1.0}:
+            client.set_traffic(spec.name, traffic)
+        for backend, proportion in spec.shadows.items():
+            client.shadow_traffic(spec.name, backend, proportion)
+    return run
+
+
+def apply(client: Client, config: DeployConfig, base_dir: Path, dry_run: bool = False,
+          echo: Callable[[str], None] = print) -> list[Change]:
+    changes = plan(client, config, base_dir)
+    changes.sort(key=lambda c: c.rank)
+    if not changes:
+        echo("no changes")
+    for change in changes:
+        echo(str(change))
+        if not dry_run:
+            change.run()
+    return changes
