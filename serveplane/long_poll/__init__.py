@@ -1,4 +1,9 @@
-"""Long-poll: the controller publishes fine-grained keys; routers and proxies listen."""
+"""Long poll: the controller publishes fine-grained keys; routers and proxies listen.
+
+``LongPollHost`` lives in the controller actor (pure asyncio); ``LongPollClient`` runs in
+every process that routes requests and keeps its subscribed keys current, surviving
+controller restarts.
+"""
 
 from serveplane.long_poll.client import LongPollClient, Subscription
 from serveplane.long_poll.host import LONG_POLL_TIMEOUT, LongPollHost, LongPollTimeout, UpdatedObject

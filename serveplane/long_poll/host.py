@@ -1,11 +1,24 @@
-"""``LongPollHost``: per-key snapshots that listeners wait on (lives in the controller).
+"""``LongPollHost``: per-key snapshots that listeners wait on; lives in the controller.
+
+Pure asyncio, no Ray: the controller actor forwards its ``listen_for_change`` RPC here.
 
 Invariants:
-- a listener whose id for any listed key differs from the host's is answered at once with
-  *every* such key (ids are opaque and differ across host instances, so a client that
-  survived a host restart always catches up);
-- otherwise it waits until one of *its* keys changes, or a jittered timeout passes and it
-  gets ``LONG_POLL_TIMEOUT``; a change to another key never wakes it.
+
+- every ``notify_changed`` / ``delete_key`` gives its key a new snapshot id
+  ``"<host instance>:<counter>"``; the instance part is random per host object, so ids
+  never repeat across host restarts and a client holding ids from a dead host is answered
+  at once by its successor;
+- a listener whose id for a listed key differs from the host's (``None`` = never seen) is
+  answered at once with *every* such key;
+- keys the host does not know (never notified, or deleted and the listener never saw
+  them) are waited on, not answered;
+- otherwise the listener waits until one of *its* keys changes (a change to another key
+  never wakes it), or ``timeout_s * (1 ± jitter)`` passes and it gets
+  ``LONG_POLL_TIMEOUT``;
+- a waiter that is cancelled (the client gave up on the call) leaves no trace behind.
+
+All methods must run on the event loop thread that serves ``listen_for_change``; the
+host does no locking because an async Ray actor runs every method on one loop.
 """
 
 from __future__ import annotations
@@ -16,15 +29,23 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from serveplane.exceptions import InvalidConfigError
+
 
 @dataclass(frozen=True)
 class UpdatedObject:
+    """A key's value at one snapshot. ``snapshot_id`` is opaque: compare it with ``==`` only."""
+
     snapshot_id: str
     value: Any
 
 
 class LongPollTimeout:
-    """Singleton sentinel; keeps its identity through pickling (``is`` works after Ray)."""
+    """Type of the ``LONG_POLL_TIMEOUT`` sentinel.
+
+    One instance per process; unpickling yields that same instance (``__reduce__`` names the
+    module attribute), so ``result is LONG_POLL_TIMEOUT`` holds after a trip through Ray.
+    """
 
     _instance: LongPollTimeout | None = None
 
@@ -33,8 +54,8 @@ class LongPollTimeout:
             cls._instance = super().__new__(cls)
         return cls._instance
 
-    def __reduce__(self) -> tuple[Any, tuple]:
-        return (LongPollTimeout, ())
+    def __reduce__(self) -> str:
+        return "LONG_POLL_TIMEOUT"
 
     def __repr__(self) -> str:
         return "LONG_POLL_TIMEOUT"
@@ -43,56 +64,127 @@ class LongPollTimeout:
 LONG_POLL_TIMEOUT = LongPollTimeout()
 
 
+@dataclass(frozen=True)
+class _Entry:
+    """Host-side record of a key; a deleted key keeps a tombstone so listeners learn of it."""
+
+    obj: UpdatedObject
+    deleted: bool = False
+
+
 class LongPollHost:
+    """Holds the latest value of each key and answers ``listen_for_change`` calls.
+
+    Waiters are futures registered per key, so ``notify_changed`` wakes exactly the
+    listeners of that key and costs O(listeners of the key).
+    """
+
     def __init__(self, timeout_s: float = 30.0, jitter: float = 0.2) -> None:
+        if not timeout_s > 0:
+            raise InvalidConfigError(f"long-poll timeout_s is {timeout_s!r}; it must be > 0")
+        if not 0 <= jitter < 1:
+            raise InvalidConfigError(f"long-poll jitter is {jitter!r}; it must be in [0, 1)")
         self.timeout_s = timeout_s
         self.jitter = jitter
-        self._instance = uuid.uuid4().hex[:12]
+        self.instance_id = uuid.uuid4().hex[:12]
         self._counter = 0
-        self._objects: dict[str, UpdatedObject] = {}
-        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._entries: dict[str, _Entry] = {}
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._listeners = 0
+        self._answered_at_once = 0
+        self._timeouts = 0
 
+    # -- publishing -----------------------------------------------------------------
     def notify_changed(self, key: str, value: Any) -> None:
-        self._counter += 1
-        self._objects[key] = UpdatedObject(f"{self._instance}:{self._counter}", value)
-        for event in self._waiters.get(key, ()):
-            event.set()
+        """Publish ``value`` under a new snapshot id and wake the listeners of ``key`` only."""
+        self._entries[key] = _Entry(UpdatedObject(self._next_id(), value))
+        self._wake(key)
+
+    def delete_key(self, key: str) -> None:
+        """Forget ``key``: listeners that saw it get ``None``; new listeners wait for it again."""
+        if key not in self._entries or self._entries[key].deleted:
+            return
+        self._entries[key] = _Entry(UpdatedObject(self._next_id(), None), deleted=True)
+        self._wake(key)
 
     def get(self, key: str) -> UpdatedObject | None:
-        return self._objects.get(key)
+        entry = self._entries.get(key)
+        return None if entry is None or entry.deleted else entry.obj
 
     def keys(self) -> list[str]:
-        return sorted(self._objects)
+        return sorted(key for key, entry in self._entries.items() if not entry.deleted)
 
-    def _stale(self, ids: dict[str, str | None]) -> dict[str, UpdatedObject]:
-        out = {}
-        for key, client_id in ids.items():
-            obj = self._objects.get(key)
-            if obj is not None and obj.snapshot_id != client_id:
-                out[key] = obj
-        return out
-
+    # -- listening ------------------------------------------------------------------
     async def listen_for_change(self, keys_to_snapshot_ids: dict[str, str | None]
                                 ) -> dict[str, UpdatedObject] | LongPollTimeout:
+        """Answer with every stale listed key, or wait for one to change, or time out."""
+        if not isinstance(keys_to_snapshot_ids, dict):
+            raise TypeError(f"listen_for_change takes a dict of key -> snapshot id, "
+                            f"not {type(keys_to_snapshot_ids).__name__}")
         stale = self._stale(keys_to_snapshot_ids)
         if stale:
+            self._answered_at_once += 1
             return stale
-        event = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(self._jittered_timeout(), _resolve, woken)
         for key in keys_to_snapshot_ids:
-            self._waiters.setdefault(key, set()).add(event)
-        timeout = self.timeout_s * random.uniform(1 - self.jitter, 1 + self.jitter)
+            self._waiters.setdefault(key, set()).add(woken)
+        self._listeners += 1
         try:
-            await asyncio.wait_for(event.wait(), timeout=timeout)
-        except asyncio.TimeoutError:
-            return LONG_POLL_TIMEOUT
+            await woken
         finally:
+            timer.cancel()
+            self._listeners -= 1
             for key in keys_to_snapshot_ids:
                 waiters = self._waiters.get(key)
                 if waiters is not None:
-                    waiters.discard(event)
+                    waiters.discard(woken)
                     if not waiters:
                         del self._waiters[key]
-        return self._stale(keys_to_snapshot_ids) or LONG_POLL_TIMEOUT
+        stale = self._stale(keys_to_snapshot_ids)
+        if stale:
+            return stale
+        self._timeouts += 1
+        return LONG_POLL_TIMEOUT
 
+    # -- introspection ----------------------------------------------------------------
     def num_listeners(self) -> int:
-        return len({id(e) for waiters in self._waiters.values() for e in waiters})
+        return self._listeners
+
+    def statistics(self) -> dict[str, Any]:
+        return {"instance": self.instance_id, "keys": len(self.keys()), "listeners": self._listeners,
+                "snapshots_published": self._counter, "answered_at_once": self._answered_at_once,
+                "timeouts": self._timeouts}
+
+    def __repr__(self) -> str:
+        return (f"<LongPollHost {self.instance_id} [keys: {len(self.keys())} | "
+                f"listeners: {self._listeners} | snapshots: {self._counter}]>")
+
+    # -- internals --------------------------------------------------------------------
+    def _next_id(self) -> str:
+        self._counter += 1
+        return f"{self.instance_id}:{self._counter}"
+
+    def _wake(self, key: str) -> None:
+        for woken in self._waiters.get(key, ()):
+            _resolve(woken)
+
+    def _jittered_timeout(self) -> float:
+        return self.timeout_s * random.uniform(1 - self.jitter, 1 + self.jitter)
+
+    def _stale(self, ids: dict[str, str | None]) -> dict[str, UpdatedObject]:
+        stale: dict[str, UpdatedObject] = {}
+        for key, client_id in ids.items():
+            entry = self._entries.get(key)
+            if entry is None or entry.obj.snapshot_id == client_id:
+                continue
+            if entry.deleted and client_id is None:
+                continue  # never seen, now gone: nothing to tell this listener
+            stale[key] = entry.obj
+        return stale
+
+
+def _resolve(woken: asyncio.Future[None]) -> None:
+    if not woken.done():
+        woken.set_result(None)
