@@ -87,6 +87,9 @@ class Response:
 
     def resolved_args(self) -> tuple[tuple, dict]:
         """Responses passed as arguments become their ObjectRefs (Ray resolves them)."""
+        if not any(isinstance(a, Response) for a in self.args) and not any(
+                isinstance(v, Response) for v in self.kwargs.values()):
+            return self.args, self.kwargs
         args = tuple(a.object_ref() if isinstance(a, Response) else a for a in self.args)
         kwargs = {k: (v.object_ref() if isinstance(v, Response) else v) for k, v in self.kwargs.items()}
         return args, kwargs
@@ -136,7 +139,8 @@ class Response:
     # -- results -------------------------------------------------------------------------
     def result(self, timeout: float | None = None) -> Any:
         while True:
-            self._wait_routed_sync(timeout)
+            if self.ref is None:
+                self._wait_routed_sync(timeout)
             try:
                 value = ray.get(self.ref, timeout=timeout)
             except DEAD_ERRORS as exc:
@@ -156,7 +160,8 @@ class Response:
 
     async def _result_async(self) -> Any:
         while True:
-            await self._wait_routed_async()
+            if self.ref is None:
+                await self._wait_routed_async()
             try:
                 value = await self.ref
             except DEAD_ERRORS as exc:

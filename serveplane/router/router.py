@@ -66,6 +66,7 @@ class EndpointRouter:
         self._configs: dict[str, BackendConfig] = {}
         self._in_flight: dict[str, int] = collections.defaultdict(int)
         self._dead: set[str] = set()
+        self._live_cache: dict[str, list[ReplicaInfo]] = {}
         self._queued: dict[str, int] = collections.defaultdict(int)
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
         self._sessions: collections.OrderedDict[str, str] = collections.OrderedDict()
@@ -106,6 +107,7 @@ class EndpointRouter:
                 self._dead &= names | {n for b, rs in self._replicas.items() if b != backend
                                        for n in (r.actor_name for r in rs)}
                 self._replicas[backend] = replicas
+                self._live_cache.clear()
                 self._wake_locked()
         return on_replicas
 
@@ -133,8 +135,12 @@ class EndpointRouter:
         return self._configs.get(backend, DEFAULT_CONFIG)
 
     def _live(self, backend: str) -> list[ReplicaInfo]:
-        dead = self._dead
-        return [r for r in self._replicas.get(backend, ()) if r.actor_name not in dead]
+        live = self._live_cache.get(backend)
+        if live is None:
+            dead = self._dead
+            live = [r for r in self._replicas.get(backend, ()) if r.actor_name not in dead]
+            self._live_cache[backend] = live
+        return live
 
     def _choose_backend(self, request: Response) -> str | None:
         info = self._info
@@ -167,7 +173,8 @@ class EndpointRouter:
             if len(self._sessions) > MAX_TRACKED_SESSIONS:
                 self._sessions.popitem(last=False)
         else:
-            free = [r for r in replicas if in_flight[r.actor_name] < limit]
+            free = replicas if all(in_flight[r.actor_name] < limit for r in replicas) else \
+                [r for r in replicas if in_flight[r.actor_name] < limit]
             if not free:
                 return None
             chosen = free[0] if len(free) == 1 else self._policy.choose(
@@ -271,6 +278,7 @@ class EndpointRouter:
             self._in_flight[replica.actor_name] -= 1
             if any(r.actor_name == replica.actor_name for r in self._replicas.get(replica.backend, ())):
                 self._dead.add(replica.actor_name)
+                self._live_cache.clear()
             self._wake_locked()
         config = self._config(replica.backend)
         retries_done = request.attempts - 1
@@ -331,6 +339,7 @@ class EndpointRouter:
     def mark_dead(self, replica: ReplicaInfo) -> None:
         with self._lock:
             self._dead.add(replica.actor_name)
+            self._live_cache.clear()
             self._wake_locked()
 
     def forget_session(self, session_id: str) -> None:
