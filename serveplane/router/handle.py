@@ -56,7 +56,7 @@ class QuorumError(ServeplaneError):
 class Response:
     __slots__ = ("router", "args", "kwargs", "method_name", "session_id", "shard_key", "timeout_s",
                  "request_id", "backend", "replica", "ref", "attempts", "queued_under", "shadows",
-                 "_waiting", "_released", "__weakref__")
+                 "batch_index", "_waiting", "_released", "__weakref__")
 
     def __init__(self, router: EndpointRouter, args: tuple, kwargs: dict, method_name: str,
                  session_id: str | None, shard_key: str | None, timeout_s: float) -> None:
@@ -74,6 +74,7 @@ class Response:
         self.attempts = 0
         self.queued_under: str | None = None
         self.shadows: list[Any] = []
+        self.batch_index: int | None = None  # position in a router-side batch
         self._waiting: Any = None  # asyncio.Task or concurrent Future while queued
         self._released = False
 
@@ -95,39 +96,47 @@ class Response:
         return args, kwargs
 
     def _wait_routed_sync(self, timeout: float | None) -> None:
-        if self.ref is not None:
-            return
-        waiting = self._waiting
-        if waiting is None:  # retry after a replica died
-            waiting = self._waiting = asyncio.run_coroutine_threadsafe(
-                self.router._route_queued(self, reserved=False), background_loop())
-        if isinstance(waiting, asyncio.Task):
-            raise RuntimeError("this Response is being routed on an event loop; await it there")
-        try:
-            waiting.result(timeout)
-        except concurrent.futures.TimeoutError:
-            raise RequestTimeoutError(f"request to endpoint {self.router.endpoint!r} was still "
-                                      f"queued after {timeout}s") from None
-        finally:
-            if waiting.done():
-                self._waiting = None
+        while self.ref is None:
+            waiting = self._waiting
+            if waiting is None:  # a retry after a replica died
+                waiting = self._waiting = asyncio.run_coroutine_threadsafe(
+                    self.router._route_queued(self, reserved=False), background_loop())
+            if isinstance(waiting, asyncio.Task):
+                raise RuntimeError("this Response is being routed on an event loop; await it there")
+            try:
+                waiting.result(timeout)
+            except concurrent.futures.TimeoutError:
+                raise RequestTimeoutError(f"request to endpoint {self.router.endpoint!r} was still "
+                                          f"queued after {timeout}s") from None
+            finally:
+                if waiting.done() and self._waiting is waiting:
+                    self._waiting = None
 
     async def _wait_routed_async(self) -> None:
-        if self.ref is not None:
-            return
-        waiting = self._waiting
-        if waiting is None:
-            waiting = self._waiting = asyncio.ensure_future(self.router._route_queued(self, reserved=False))
-        try:
-            if isinstance(waiting, asyncio.Task):
-                if waiting.get_loop() is not asyncio.get_running_loop():
-                    raise RuntimeError("this Response is being routed on another event loop; await it there")
-                await waiting
-            else:
-                await asyncio.wrap_future(waiting)
-        finally:
-            if waiting.done():
-                self._waiting = None
+        while self.ref is None:
+            waiting = self._waiting
+            if waiting is None:
+                waiting = self._waiting = asyncio.ensure_future(
+                    self.router._route_queued(self, reserved=False))
+            try:
+                if isinstance(waiting, asyncio.Task):
+                    if waiting.get_loop() is not asyncio.get_running_loop():
+                        raise RuntimeError("this Response is being routed on another event loop; "
+                                           "await it there")
+                    await waiting
+                else:
+                    await asyncio.wrap_future(waiting)
+            finally:
+                if waiting.done() and self._waiting is waiting:
+                    self._waiting = None
+
+    def _unpack(self, value: Any) -> Any:
+        if self.batch_index is None:
+            return value
+        ok, item = value[self.batch_index]
+        if not ok:
+            raise item
+        return item
 
     def _finish(self, value: Any) -> None:
         if not self._released and self.replica is not None:
@@ -142,7 +151,7 @@ class Response:
             if self.ref is None:
                 self._wait_routed_sync(timeout)
             try:
-                value = ray.get(self.ref, timeout=timeout)
+                value = self._unpack(ray.get(self.ref, timeout=timeout))
             except DEAD_ERRORS as exc:
                 self.router.on_dead(self, exc)
                 continue
@@ -163,7 +172,7 @@ class Response:
             if self.ref is None:
                 await self._wait_routed_async()
             try:
-                value = await self.ref
+                value = self._unpack(await self.ref)
             except DEAD_ERRORS as exc:
                 self.router.on_dead(self, exc)
                 continue
@@ -177,6 +186,8 @@ class Response:
         """The ObjectRef of the current attempt (routes first if the request is queued)."""
         if self.ref is None:
             self._wait_routed_sync(self.timeout_s)
+        if self.batch_index is not None:
+            return ray.put(self.result(self.timeout_s))  # a batch's ref holds every caller's answer
         return self.ref
 
     def __del__(self) -> None:

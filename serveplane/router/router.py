@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import logging
 import random
 import threading
@@ -71,6 +72,8 @@ class EndpointRouter:
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
         self._sessions: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._subscriptions: dict[str, Any] = {}
+        self._batches: dict[str, list[Response]] = {}  # method -> requests waiting for a batch
+        self.batch_sizes: collections.deque[int] = collections.deque(maxlen=1000)
         self.stats = RouterStats()
         self._policy.load = self._load
         self._subscriptions[keys.endpoint(endpoint)] = source.subscribe(
@@ -194,6 +197,10 @@ class EndpointRouter:
     # -- the request path --------------------------------------------------------------------
     def submit(self, request: Response) -> None:
         """Route now if a replica is free; else queue (or refuse with back-pressure)."""
+        info = self._info
+        if info is not None and info.batch_size and request.session_id is None:
+            self._add_to_batch(request, info.batch_size, info.batch_timeout_s)
+            return
         with self._lock:
             replica = self._try_pick(request)
             if replica is None:
@@ -203,6 +210,66 @@ class EndpointRouter:
             self._fire_shadows(request)
             return
         request.start_waiting(self._route_queued(request, reserved=True))
+
+    # -- router-side batching -------------------------------------------------------------
+    def _add_to_batch(self, request: Response, size: int, timeout_s: float) -> None:
+        """Gather stateless calls of one method; one actor call carries the whole batch."""
+        request._waiting = concurrent.futures.Future()
+        method = request.method_name
+        with self._lock:
+            batch = self._batches.get(method)
+            if batch is None:
+                batch = self._batches[method] = []
+                if size > 1:
+                    loop = _background_loop()
+                    loop.call_soon_threadsafe(loop.call_later, timeout_s, self._flush, method, batch)
+            batch.append(request)
+            full = len(batch) >= size
+            if full:
+                del self._batches[method]
+        if full:
+            self._dispatch(batch)
+
+    def _flush(self, method: str, batch: list[Response]) -> None:
+        with self._lock:
+            if self._batches.get(method) is not batch:
+                return  # already dispatched when it filled up
+            del self._batches[method]
+        self._dispatch(batch)
+
+    def _dispatch(self, batch: list[Response]) -> None:
+        first = batch[0]
+        with self._lock:
+            replica = self._try_pick(first)
+            if replica is not None:
+                self._in_flight[replica.actor_name] += len(batch) - 1
+        if replica is None:
+            # no free replica now: each request waits in the queue on its own
+            for request in batch:
+                waiter = request._waiting
+                request._waiting = None
+                request.start_waiting(self._route_queued(request, reserved=False))
+                waiter.set_result(None)
+            return
+        meta = RequestMetadata(first.request_id, self.endpoint, first.method_name)
+        try:
+            ref = replica.actor_handle.handle_batch.remote(
+                meta, [request.resolved_args() for request in batch])
+        except Exception as exc:  # noqa: BLE001 - every caller of the batch gets it
+            for request in batch:
+                self.release(replica)
+                request._waiting.set_exception(exc)
+            return
+        now = time.monotonic()
+        self.batch_sizes.append(len(batch))
+        for index, request in enumerate(batch):
+            request.backend = replica.backend
+            request.replica = replica
+            request.ref = ref
+            request.batch_index = index
+            request.attempts = 1
+            self.stats.record_request(replica.backend, now)
+            request._waiting.set_result(None)
 
     def _reserve_queue_slot(self, request: Response) -> None:
         backend = request.backend or ""
@@ -291,6 +358,7 @@ class EndpointRouter:
         self.stats.retries += 1
         request.ref = None
         request.replica = None
+        request.batch_index = None  # retried on its own
 
     # -- shadows -------------------------------------------------------------------------------
     def _fire_shadows(self, request: Response) -> None:
@@ -379,6 +447,8 @@ class EndpointRouter:
                 "session_moves": self.stats.session_moves,
                 "sessions": len(self._sessions),
                 "back_pressure_rejections": self.stats.back_pressure_rejections,
+                "batches": len(self.batch_sizes),
+                "max_batch_size_seen": max(self.batch_sizes, default=0),
                 "shadows": {b: s.as_dict() for b, s in self.stats.shadows.items()},
             }
 
@@ -388,6 +458,12 @@ class EndpointRouter:
         running = sum(len(v) for v in s["replicas"].values())
         return (f"<Router {self.endpoint} [backends: {backends} | replicas: {running} running | "
                 f"in flight: {s['in_flight']} | queued: {s['queued']}]>")
+
+
+def _background_loop() -> asyncio.AbstractEventLoop:
+    from serveplane.router.handle import background_loop
+
+    return background_loop()
 
 
 def _resolve(fut: asyncio.Future) -> None:
