@@ -83,6 +83,7 @@ class ServeController:
         self._blobs: dict[str, bytes] = {}
         self._started_at = time.monotonic()
         self._recovered_at: float | None = None
+        self._checkpoint_warning: str | None = None
         self._last_sweep = 0.0
         self._recover()
         self._loop_task: asyncio.Task | None = None
@@ -100,6 +101,10 @@ class ServeController:
             self._recovered_at = time.monotonic()
             return
         _, payload = loaded
+        self._checkpoint_warning = self._store.recovered_from_backup
+        if self._checkpoint_warning:
+            logger.error("checkpoint was corrupt (%s); recovered the last good state from its backup",
+                         self._checkpoint_warning)
         for tag, data in payload.get("backends", {}).items():
             record = BackendRecord.model_validate(data)
             code = self._store.get_blob(record.code_hash)
@@ -510,7 +515,8 @@ class ServeController:
         return {"epoch": self._epoch, "kv_store": self._kv_url,
                 "backends": {s.tag: s.status() for s in self._backends},
                 "endpoints": {n: r.public() for n, r in self._endpoints.records().items()},
-                "pending_goals": len(self._goals.to_checkpoint())}
+                "pending_goals": len(self._goals.to_checkpoint()),
+                "checkpoint_warning": self._checkpoint_warning}
 
     async def get_epoch(self) -> int:
         return self._epoch

@@ -59,7 +59,9 @@ class CheckpointStore:
         self.store = store
         self.namespace = namespace
         self.checkpoint_key = f"{namespace}/checkpoint"
+        self.backup_key = f"{namespace}/checkpoint.backup"
         self.epoch_key = f"{namespace}/epoch"
+        self.recovered_from_backup: str | None = None  # why, when the primary was corrupt
 
     def current_epoch(self) -> int:
         raw = self.store.get(self.epoch_key)
@@ -78,7 +80,12 @@ class CheckpointStore:
             current = self.store.get(self.checkpoint_key)
             if current is None:
                 return epoch
-            stored_epoch, payload = decode_checkpoint(self.checkpoint_key, current)
+            try:
+                stored_epoch, payload = decode_checkpoint(self.checkpoint_key, current)
+            except CorruptCheckpointError:
+                loaded = self.read_checkpoint()  # falls back to the backup, or raises
+                assert loaded is not None
+                stored_epoch, payload = loaded
             if stored_epoch > epoch:
                 raise StaleEpochError(
                     f"epoch {epoch} refused: epoch {stored_epoch} already owns {self.namespace!r}")
@@ -96,14 +103,36 @@ class CheckpointStore:
                 raise StaleEpochError(
                     f"checkpoint write with epoch {epoch} refused: epoch {owner} owns {self.namespace!r}")
             if self.store.compare_and_set(self.checkpoint_key, current, new):
+                # a second copy, written after the fenced one: a corrupt primary is not fatal
+                self.store.put(self.backup_key, new)
                 return
         raise StaleEpochError(f"checkpoint write with epoch {epoch} lost {MAX_CAS_RETRIES} races")
 
     def read_checkpoint(self) -> tuple[int, dict[str, Any]] | None:
+        """The stored state; a corrupt primary falls back to the backup copy (and says so in
+        ``recovered_from_backup``); both corrupt raises ``CorruptCheckpointError``."""
         data = self.store.get(self.checkpoint_key)
         if data is None:
             return None
-        return decode_checkpoint(self.checkpoint_key, data)
+        try:
+            return decode_checkpoint(self.checkpoint_key, data)
+        except CorruptCheckpointError as primary_error:
+            backup = self.store.get(self.backup_key)
+            if backup is None:
+                raise
+            try:
+                loaded = decode_checkpoint(self.backup_key, backup)
+            except CorruptCheckpointError:
+                raise primary_error from None
+            self.recovered_from_backup = str(primary_error)
+            return loaded
+
+    def repair_from_backup(self) -> None:
+        """Overwrite a corrupt primary with the (good) backup, keeping the fence."""
+        backup = self.store.get(self.backup_key)
+        current = self.store.get(self.checkpoint_key)
+        if backup is not None:
+            self.store.compare_and_set(self.checkpoint_key, current, backup)
 
     def _blob_key(self, digest: str) -> str:
         return f"{self.namespace}/blob/{digest}"
