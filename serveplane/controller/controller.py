@@ -37,7 +37,7 @@ from serveplane.exceptions import (
     InvalidConfigError,
     StaleEpochError,
 )
-from serveplane.kv_store import CheckpointStore, open_store
+from serveplane.kv_store import RecordStore, open_store
 from serveplane.long_poll import LongPollHost
 from serveplane.records import REPLICA_NAME_PREFIX, keys
 
@@ -48,7 +48,7 @@ ORPHAN_SWEEP_PERIOD_S = 10.0
 
 
 def blob_hash(blob: bytes) -> str:
-    """The content hash blobs are stored under (same as ``CheckpointStore.put_blob``)."""
+    """The content hash blobs are stored under (same as ``RecordStore.put_blob``)."""
     return hashlib.sha256(blob).hexdigest()
 
 
@@ -69,7 +69,7 @@ class ServeController:
         self._namespace = namespace
         self._kv_url = kv_url
         self._http_options = http_options
-        self._store = CheckpointStore(open_store(kv_url), namespace=f"serveplane/{namespace}")
+        self._store = RecordStore(open_store(kv_url), namespace=f"serveplane/{namespace}")
         self._epoch = self._store.acquire_epoch()
         self._stale: StaleEpochError | None = None
         self._long_poll = LongPollHost()
@@ -96,26 +96,28 @@ class ServeController:
 
     # -- recovery ----------------------------------------------------------------
     def _recover(self) -> None:
-        loaded = self._store.read_checkpoint()
-        if loaded is None:
-            self._recovered_at = time.monotonic()
-            return
-        _, payload = loaded
-        self._checkpoint_warning = self._store.recovered_from_backup
-        if self._checkpoint_warning:
+        records = self._store.read_all()
+        if self._store.recovered_from_backup:
+            self._checkpoint_warning = "; ".join(self._store.recovered_from_backup)
             logger.error("checkpoint was corrupt (%s); recovered the last good state from its backup",
                          self._checkpoint_warning)
-        for tag, data in payload.get("backends", {}).items():
-            record = BackendRecord.model_validate(data)
-            code = self._store.get_blob(record.code_hash)
-            init = self._store.get_blob(record.init_hash)
-            state = self._backends.add(record, code, init)
-            state.recover(record.replica_tags)
-        self._endpoints.load_checkpoint(payload.get("endpoints", {}))
+        endpoints, goals = {}, {}
+        for name, payload in records.items():
+            kind, _, key = name.partition("/")
+            if kind == "backend":
+                record = BackendRecord.model_validate(payload)
+                code = self._store.get_blob(record.code_hash)
+                init = self._store.get_blob(record.init_hash)
+                self._backends.add(record, code, init).recover(record.replica_tags)
+            elif kind == "endpoint":
+                endpoints[key] = payload
+            elif kind == "goal":
+                goals[key] = payload["backend"]
+        self._endpoints.load_checkpoint(endpoints)
         for record in self._endpoints.records().values():
             if record.router_blob_hash:
                 self._blobs[record.router_blob_hash] = self._store.get_blob(record.router_blob_hash)
-        self._goals.load_checkpoint(payload.get("goals", {}))
+        self._goals.load_checkpoint(goals)
         for state in self._backends:
             self._publish_backend(state.tag)
         for name in self._endpoints.names():
@@ -141,16 +143,26 @@ class ServeController:
                     pass
 
     # -- checkpoint / publish ------------------------------------------------------
-    def _payload(self) -> dict[str, Any]:
-        return {"backends": self._backends.to_checkpoint(),
-                "endpoints": self._endpoints.to_checkpoint(),
-                "goals": self._goals.to_checkpoint()}
+    def _record(self, name: str) -> dict[str, Any] | None:
+        """The persisted form of one record (``backend/<tag>``, ``endpoint/<name>``,
+        ``goal/<id>``), or None when it no longer exists."""
+        kind, _, key = name.partition("/")
+        if kind == "backend":
+            state = self._backends.get_any(key)
+            return state.record.model_dump(mode="json") if state is not None else None
+        if kind == "endpoint":
+            return self._endpoints.get(key).model_dump(mode="json") if self._endpoints.exists(key) else None
+        backend = self._goals.to_checkpoint().get(key)
+        return {"backend": backend} if backend is not None else None
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, names: list[str]) -> None:
+        """Write the named records only: a change costs O(what it touched)."""
         if self._stale is not None:
             raise self._stale
+        if not names:
+            return
         try:
-            self._store.write_checkpoint(self._epoch, self._payload())
+            self._store.write(self._epoch, {name: self._record(name) for name in names})
         except StaleEpochError as exc:
             self._stale = exc
             logger.error("controller epoch %d is stale; it stops acting: %s", self._epoch, exc)
@@ -171,25 +183,32 @@ class ServeController:
         else:
             self._long_poll.notify_changed(keys.endpoint(name), None)
 
-    def _commit(self, state_change: Any) -> None:
-        """Apply an in-memory change; undo it if the checkpoint write fails."""
-        before = self._payload()
+    def _commit(self, state_change: Any, names: list[str]) -> None:
+        """Apply an in-memory change to the named records; undo it if the write fails."""
+        before = {name: self._record(name) for name in names}
+        goals_before = self._goals.to_checkpoint()
         state_change()
+        goal_names = [f"goal/{g}" for g in sorted(set(goals_before) ^ set(self._goals.to_checkpoint()))]
         try:
-            self._checkpoint()
+            self._checkpoint(list(names) + goal_names)
         except Exception:
-            self._restore(before)
+            self._restore(before, goals_before)
             raise
 
-    def _restore(self, payload: dict[str, Any]) -> None:
-        self._endpoints.load_checkpoint(payload["endpoints"])
-        self._goals.load_checkpoint(payload["goals"])
-        for tag, data in payload["backends"].items():
-            state = self._backends.get_any(tag)
-            if state is not None:
-                state.set_target(BackendRecord.model_validate(data))
-        for tag in [s.tag for s in self._backends if s.tag not in payload["backends"]]:
-            self._backends.remove(tag)
+    def _restore(self, before: dict[str, dict[str, Any] | None], goals: dict[str, str]) -> None:
+        for name, payload in before.items():
+            kind, _, key = name.partition("/")
+            if kind == "backend":
+                if payload is None:
+                    self._backends.remove(key)
+                elif (state := self._backends.get_any(key)) is not None:
+                    state.set_target(BackendRecord.model_validate(payload))
+            elif kind == "endpoint":
+                if payload is None:
+                    self._endpoints.remove(key)
+                else:
+                    self._endpoints.put(EndpointRecord.model_validate(payload))
+        self._goals.load_checkpoint(goals)
 
     # -- control loop ----------------------------------------------------------------
     def _ensure_loop(self) -> None:
@@ -225,8 +244,8 @@ class ServeController:
         """One reconcile pass: decide under the lock's protection (no awaits), then act."""
         self._autoscale(now)
         updates = self._backends.update(now)
-        if any(u.names_changed for u in updates.values()):
-            self._checkpoint()  # write-ahead: new replica names before their actors start
+        # write-ahead: new replica names are stored before their actors start
+        self._checkpoint([f"backend/{tag}" for tag, u in updates.items() if u.names_changed])
         for tag, update in updates.items():
             for action in update.actions:
                 try:
@@ -240,12 +259,12 @@ class ServeController:
                 self._long_poll.notify_changed(keys.replicas(tag), state.serving_infos())
             if update.converged and state.record.deleting:
                 self._backends.remove(tag)
-                self._goals.complete(tag)
-                self._checkpoint()
+                done = self._goals.complete(tag)
+                self._checkpoint([f"backend/{tag}"] + [f"goal/{g}" for g in done])
                 self._long_poll.notify_changed(keys.replicas(tag), ())
             elif update.converged and self._goals.has_pending(tag):
-                self._goals.complete(tag)
-                self._checkpoint()
+                done = self._goals.complete(tag)
+                self._checkpoint([f"goal/{g}" for g in done])
             elif update.failure and self._goals.has_pending(tag):
                 self._goals.fail(tag, update.failure)
         if now - self._last_sweep > ORPHAN_SWEEP_PERIOD_S:
@@ -253,7 +272,7 @@ class ServeController:
             self._sweep_orphans()
 
     def _autoscale(self, now: float) -> None:
-        changed = False
+        changed: list[str] = []
         for state in self._backends:
             auto = state.record.config.autoscaling_config
             if auto is None or state.record.deleting:
@@ -264,11 +283,10 @@ class ServeController:
                 state.record.config.max_concurrent_queries, now)
             if desired is not None:
                 state.set_target_replicas(desired)
-                changed = True
+                changed.append(f"backend/{state.tag}")
                 logger.info("autoscaling %s to %d: %s", state.tag, desired,
                             self._autoscaler.events[-1].reason)
-        if changed:
-            self._checkpoint()
+        self._checkpoint(changed)
 
     async def record_handle_metrics(self, router_id: str, per_backend: dict[str, dict[str, float]],
                                     router_stats: dict[str, Any] | None = None) -> None:
@@ -351,7 +369,7 @@ class ServeController:
             self._store_blob(init_blob, init_hash)
             goal: list[str] = []
             self._commit(lambda: (self._backends.add(record, code_blob, init_blob),
-                                  goal.append(self._goals.create(tag))))
+                                  goal.append(self._goals.create(tag))), [f"backend/{tag}"])
             self._publish_backend(tag)
             return goal[0]
 
@@ -397,7 +415,7 @@ class ServeController:
                 self._store_blob(init_blob, init_hash)
             goal: list[str] = []
             self._commit(lambda: (state.set_target(record, code_blob, init_blob),
-                                  goal.append(self._goals.create(tag))))
+                                  goal.append(self._goals.create(tag))), [f"backend/{tag}"])
             self._publish_backend(tag)
             return goal[0]
 
@@ -443,7 +461,7 @@ class ServeController:
                 state.mark_deleting()
                 goal.append(self._goals.create(tag))
 
-            self._commit(change)
+            self._commit(change, [f"backend/{tag}"])
             self._long_poll.notify_changed(keys.replicas(tag), ())
             return goal[0]
 
@@ -461,7 +479,7 @@ class ServeController:
                 return
             if router_blob is not None:
                 self._store_blob(router_blob, router_hash)  # type: ignore[arg-type]
-            self._commit(lambda: self._endpoints.put(record))
+            self._commit(lambda: self._endpoints.put(record), [f"endpoint/{name}"])
             self._publish_endpoint(name)
             self._long_poll.notify_changed(keys.ROUTES, self._endpoints.routes())
 
@@ -469,20 +487,20 @@ class ServeController:
         async with self._lock:
             if not self._endpoints.exists(name):
                 return
-            self._commit(lambda: self._endpoints.remove(name))
+            self._commit(lambda: self._endpoints.remove(name), [f"endpoint/{name}"])
             self._publish_endpoint(name)
             self._long_poll.notify_changed(keys.ROUTES, self._endpoints.routes())
 
     async def set_traffic(self, name: str, traffic: dict[str, float]) -> None:
         async with self._lock:
             record = self._endpoints.validate_traffic(name, traffic)
-            self._commit(lambda: self._endpoints.put(record))
+            self._commit(lambda: self._endpoints.put(record), [f"endpoint/{name}"])
             self._publish_endpoint(name)
 
     async def shadow_traffic(self, name: str, backend: str, proportion: float) -> None:
         async with self._lock:
             record = self._endpoints.validate_shadow(name, backend, proportion)
-            self._commit(lambda: self._endpoints.put(record))
+            self._commit(lambda: self._endpoints.put(record), [f"endpoint/{name}"])
             self._publish_endpoint(name)
 
     async def set_router(self, name: str, router: Any = None, router_blob: bytes | None = None) -> None:
@@ -492,13 +510,13 @@ class ServeController:
                 name, router if router_blob is None else _BlobRouter, router_hash)
             if router_blob is not None:
                 self._store_blob(router_blob, router_hash)  # type: ignore[arg-type]
-            self._commit(lambda: self._endpoints.put(record))
+            self._commit(lambda: self._endpoints.put(record), [f"endpoint/{name}"])
             self._publish_endpoint(name)
 
     async def set_batching(self, name: str, batch_size: int | None, batch_timeout_s: float) -> None:
         async with self._lock:
             record = self._endpoints.validate_batching_change(name, batch_size, batch_timeout_s)
-            self._commit(lambda: self._endpoints.put(record))
+            self._commit(lambda: self._endpoints.put(record), [f"endpoint/{name}"])
             self._publish_endpoint(name)
 
     async def list_endpoints(self) -> dict[str, dict[str, Any]]:
@@ -534,12 +552,15 @@ class ServeController:
             for state in self._backends:
                 for replica in state.replicas:
                     replica.wrapper.kill()
+            names = ([f"backend/{s.tag}" for s in self._backends]
+                     + [f"endpoint/{n}" for n in self._endpoints.names()]
+                     + [f"goal/{g}" for g in self._goals.to_checkpoint()])
             self._backends = BackendStateManager(
                 lambda b, t: ReplicaActorWrapper(b, t, self._namespace))
             self._sweep_orphans()
             self._endpoints.load_checkpoint({})
             self._goals.load_checkpoint({})
-            self._checkpoint()
+            self._checkpoint(names)
 
 
 class _BlobRouter:

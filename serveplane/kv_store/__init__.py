@@ -4,6 +4,7 @@ from serveplane.kv_store.base import KVStore, open_store
 from serveplane.kv_store.checkpoint import (
     SCHEMA_VERSION,
     CheckpointStore,
+    RecordStore,
     decode_checkpoint,
     encode_checkpoint,
 )
@@ -13,6 +14,6 @@ from serveplane.kv_store.redis_kv import RedisKVStore
 from serveplane.kv_store.sqlite import SQLiteKVStore
 
 __all__ = [
-    "SCHEMA_VERSION", "CheckpointStore", "KVStore", "MemoryKVStore", "RayKVStore", "RedisKVStore",
+    "SCHEMA_VERSION", "CheckpointStore", "KVStore", "RecordStore", "MemoryKVStore", "RayKVStore", "RedisKVStore",
     "SQLiteKVStore", "decode_checkpoint", "encode_checkpoint", "open_store",
 ]

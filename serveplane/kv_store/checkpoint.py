@@ -150,3 +150,110 @@ class CheckpointStore:
         if hashlib.sha256(data).hexdigest() != digest:
             raise CorruptCheckpointError(f"blob {key!r} fails its content hash")
         return data
+
+
+class RecordStore:
+    """Checkpoint as one key per record (``<ns>/records/<kind>/<name>``), so a change to one
+    backend costs O(that backend), not O(all state).
+
+    Each record is encoded like a checkpoint (schema version, epoch, checksum) and written
+    by compare-and-set after checking both the record's epoch and the epoch key; a second
+    copy goes to ``<key>.backup``. ``acquire_epoch`` re-stamps every record, so once it
+    returns no older epoch can write any record again. A deleted record becomes a
+    tombstone (``None`` payload) for the same reason: a plain delete could not be fenced.
+    """
+
+    def __init__(self, store: KVStore, namespace: str = "serveplane") -> None:
+        self.store = store
+        self.namespace = namespace
+        self.prefix = f"{namespace}/records/"
+        self.epoch_key = f"{namespace}/epoch"
+        self.recovered_from_backup: list[str] = []
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    def current_epoch(self) -> int:
+        raw = self.store.get(self.epoch_key)
+        return int(raw) if raw is not None else 0
+
+    def _keys(self) -> list[str]:
+        return [k for k in self.store.list(self.prefix) if not k.endswith(".backup")]
+
+    def acquire_epoch(self) -> int:
+        for _ in range(MAX_CAS_RETRIES):
+            raw = self.store.get(self.epoch_key)
+            epoch = (int(raw) if raw is not None else 0) + 1
+            if self.store.compare_and_set(self.epoch_key, raw, str(epoch).encode()):
+                break
+        else:
+            raise StaleEpochError(f"could not take a new epoch on {self.epoch_key!r}: too much contention")
+        for key in self._keys():
+            for _ in range(MAX_CAS_RETRIES):
+                current = self.store.get(key)
+                if current is None:
+                    break
+                stored_epoch, payload = self._decode(key, current)
+                if stored_epoch > epoch:
+                    raise StaleEpochError(f"epoch {epoch} refused: epoch {stored_epoch} already owns {key!r}")
+                if self.store.compare_and_set(key, current, encode_checkpoint(payload, epoch)):
+                    break
+        return epoch
+
+    def _decode(self, key: str, data: bytes) -> tuple[int, dict[str, Any]]:
+        try:
+            return decode_checkpoint(key, data)
+        except CorruptCheckpointError as primary_error:
+            backup = self.store.get(key + ".backup")
+            if backup is None:
+                raise
+            try:
+                loaded = decode_checkpoint(key + ".backup", backup)
+            except CorruptCheckpointError:
+                raise primary_error from None
+            self.recovered_from_backup.append(str(primary_error))
+            return loaded
+
+    def write(self, epoch: int, records: dict[str, dict[str, Any] | None]) -> None:
+        """Write (or tombstone, for ``None``) each named record, fenced by ``epoch``."""
+        owner = self.current_epoch()
+        if owner > epoch:
+            raise StaleEpochError(f"checkpoint write with epoch {epoch} refused: epoch {owner} owns "
+                                  f"{self.namespace!r}")
+        for name, payload in records.items():
+            key = self.key(name)
+            new = encode_checkpoint({"record": payload}, epoch)
+            for _ in range(MAX_CAS_RETRIES):
+                current = self.store.get(key)
+                if current is not None:
+                    stored_epoch = self._decode(key, current)[0]
+                    if stored_epoch > epoch:
+                        raise StaleEpochError(f"checkpoint write with epoch {epoch} refused: epoch "
+                                              f"{stored_epoch} owns {key!r}")
+                if self.store.compare_and_set(key, current, new):
+                    self.store.put(key + ".backup", new)
+                    break
+            else:
+                raise StaleEpochError(f"checkpoint write of {key!r} lost {MAX_CAS_RETRIES} races")
+
+    def read_all(self) -> dict[str, dict[str, Any]]:
+        """Every live record by name; a corrupt record (and backup) raises, naming its key."""
+        out = {}
+        for key in self._keys():
+            data = self.store.get(key)
+            if data is None:
+                continue
+            payload = self._decode(key, data)[1].get("record")
+            if payload is not None:
+                out[key[len(self.prefix):]] = payload
+        return out
+
+    def size_bytes(self) -> int:
+        return sum(len(self.store.get(k) or b"") for k in self._keys())
+
+    # blobs: same layout as CheckpointStore
+    def put_blob(self, data: bytes) -> str:
+        return CheckpointStore(self.store, self.namespace).put_blob(data)
+
+    def get_blob(self, digest: str) -> bytes:
+        return CheckpointStore(self.store, self.namespace).get_blob(digest)

@@ -13,7 +13,7 @@ import ray
 
 import serveplane
 from serveplane.exceptions import CorruptCheckpointError, KVStoreUnavailableError
-from serveplane.kv_store import CheckpointStore, open_store
+from serveplane.kv_store import RecordStore, open_store
 from serveplane.records import CONTROLLER_NAME
 from tests.conftest import run_script
 from tests.integration.router.backends import Doubler
@@ -112,8 +112,8 @@ def test_kv_store_outage_keeps_data_path_and_refuses_changes(ray_session, redis_
             client.set_traffic("ep", {"d": 0.5, "d2": 0.5})
             time.sleep(0.5)
         assert client.list_endpoints()["ep"]["traffic"] == {"d": 0.5, "d2": 0.5}
-        stored = CheckpointStore(open_store(redis_server.url), namespace=f"serveplane/{ns}").read_checkpoint()
-        assert stored is not None and stored[1]["endpoints"]["ep"]["traffic"] == {"d": 0.5, "d2": 0.5}
+        stored = RecordStore(open_store(redis_server.url), namespace=f"serveplane/{ns}").read_all()
+        assert stored["endpoint/ep"]["traffic"] == {"d": 0.5, "d2": 0.5}
         load.report("kv outage", f"outage_s={outage:.1f}")
     finally:
         client.shutdown()
@@ -125,13 +125,13 @@ def test_corrupt_checkpoint_is_refused_and_last_good_state_kept(serve_instance):
     client.create_endpoint("ep", backend="d", route="/ep")
     ns = client._namespace
     # corrupt the primary copy in the GCS KV, then restart the controller
-    store = CheckpointStore(open_store(f"ray://{ns}"), namespace=f"serveplane/{ns}")
-    raw = store.store.get(store.checkpoint_key)
-    store.store.put(store.checkpoint_key, raw.replace(b'"/ep"', b'"/xx"'))
+    store = RecordStore(open_store(f"ray://{ns}"), namespace=f"serveplane/{ns}")
+    key = store.key("endpoint/ep")
+    store.store.put(key, store.store.get(key).replace(b'"/ep"', b'"/xx"'))
     from serveplane.kv_store import decode_checkpoint
 
     with pytest.raises(CorruptCheckpointError, match="fails its checksum"):
-        decode_checkpoint(store.checkpoint_key, store.store.get(store.checkpoint_key))
+        decode_checkpoint(key, store.store.get(key))
     epoch = client.get_status()["epoch"]
     ray.kill(ray.get_actor(CONTROLLER_NAME, namespace=ns), no_restart=False)
     deadline = time.monotonic() + 60

@@ -10,7 +10,7 @@ import pytest
 from serveplane.backend_state.fake import FakeReplicaActorWrapper
 from serveplane.controller.controller import ServeController
 from serveplane.exceptions import InUseError, KVStoreUnavailableError
-from serveplane.kv_store import CheckpointStore, open_store
+from serveplane.kv_store import RecordStore, open_store
 
 
 class WriteAheadChecker(FakeReplicaActorWrapper):
@@ -19,9 +19,8 @@ class WriteAheadChecker(FakeReplicaActorWrapper):
     store_url = ""
 
     def start(self, spec):
-        store = CheckpointStore(open_store(self.store_url), namespace="serveplane/unit")
-        _, payload = store.read_checkpoint()
-        assert self.replica_tag in payload["backends"][self.backend]["replica_tags"], \
+        records = RecordStore(open_store(self.store_url), namespace="serveplane/unit").read_all()
+        assert self.replica_tag in records[f"backend/{self.backend}"]["replica_tags"], \
             "replica started before its name was checkpointed"
         super().start(spec)
         self.set_ready()
@@ -86,7 +85,7 @@ def test_failed_checkpoint_write_leaves_state_unchanged(controller, monkeypatch)
     def down(*_a, **_k):
         raise KVStoreUnavailableError("memory://x", "put 'checkpoint'", "connection refused")
 
-    monkeypatch.setattr(ctrl._store, "write_checkpoint", down)
+    monkeypatch.setattr(ctrl._store, "write", down)
     with pytest.raises(KVStoreUnavailableError, match="unavailable"):
         run(ctrl.shadow_traffic("ep", "m", 0.5))
     assert run(ctrl.list_endpoints()) == before
@@ -98,3 +97,23 @@ def test_delete_backend_in_use_is_refused(controller):
     run(ctrl.create_endpoint("ep", "m", None, None))
     with pytest.raises(InUseError, match="still used by endpoint"):
         run(ctrl.delete_backend("m"))
+
+
+def test_a_change_writes_only_its_own_records(controller, monkeypatch):
+    ctrl, _ = controller
+    for i in range(5):
+        step_until_done(ctrl, run(ctrl.create_backend(f"b{i}", b"code", b"init", {}, None)))
+        run(ctrl.create_endpoint(f"ep{i}", f"b{i}", None, None))
+    written = []
+    original = ctrl._store.write
+
+    def spy(epoch, records):
+        written.append(sorted(records))
+        return original(epoch, records)
+
+    monkeypatch.setattr(ctrl._store, "write", spy)
+    run(ctrl.set_traffic("ep3", {"b3": 0.5, "b4": 0.5}))
+    assert written == [["endpoint/ep3"]]
+    written.clear()
+    goal = run(ctrl.update_backend_config("b2", {"num_replicas": 2}))
+    assert written == [sorted(["backend/b2", f"goal/{goal}"])]
