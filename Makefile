@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test bench unit clean redis
+.PHONY: run run-embedding test bench unit clean redis
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,15 @@ redis:
 
 run: $(STAMP)
 	$(PY) -m serveplane.cli run examples/quickstart.yaml
+
+TORCH_STAMP := $(VENV)/.installed-torch
+
+$(TORCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[torch]'
+	touch $@
+
+run-embedding: $(TORCH_STAMP)
+	$(PY) -m serveplane.cli run examples/embedding/embedding.yaml
 
 test: $(TEST_STAMP) redis
 	$(PY) -m pytest tests -q; rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc

@@ -22,6 +22,7 @@ BENCHMARKS = [
     ("Control-plane latency (goals, recovery)", "control_plane.py", ["--repeats", "3"]),
     ("Control-plane scale with fake replicas", "control_plane_scale.py", []),
     ("Long-poll fan-out", "long_poll.py", ["--clients", "200", "--rounds", "20", "--baseline"]),
+    ("Embedding example (needs the torch extra)", "embedding.py", []),
 ]
 
 
@@ -46,7 +47,13 @@ def main() -> int:
                 f"Machine: {machine()}.\n\nEvery figure stands beside its baseline measured in the same run. "
                 "Numbers on a 2-core machine are noisy: compare ratios, not absolutes.\n"]
     failed = 0
+    import importlib.util
+
     for title, script, args in BENCHMARKS:
+        if script == "embedding.py" and importlib.util.find_spec("sentence_transformers") is None:
+            sections.append(f"## {title}\n\nskipped: the torch extra is not installed "
+                            "(`.venv/bin/pip install -e '.[torch]'`)\n")
+            continue
         print(f"== {title}", flush=True)
         t0 = time.time()
         proc = subprocess.run([sys.executable, str(HERE / script), *args], capture_output=True, text=True,

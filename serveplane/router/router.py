@@ -270,6 +270,8 @@ class EndpointRouter:
             request.attempts = 1
             self.stats.record_request(replica.backend, now)
             request._waiting.set_result(None)
+        for request in batch:
+            self._fire_shadows(request)  # shadows go one by one; they never join the batch
 
     def _reserve_queue_slot(self, request: Response) -> None:
         backend = request.backend or ""
