@@ -54,6 +54,16 @@ def decode_checkpoint(key: str, data: bytes) -> tuple[int, dict[str, Any]]:
     return doc["epoch"], payload
 
 
+def bump_epoch(store: KVStore, epoch_key: str) -> int:
+    """Take the next epoch by compare-and-set; the one place epochs are allocated."""
+    for _ in range(MAX_CAS_RETRIES):
+        raw = store.get(epoch_key)
+        epoch = (int(raw) if raw is not None else 0) + 1
+        if store.compare_and_set(epoch_key, raw, str(epoch).encode()):
+            return epoch
+    raise StaleEpochError(f"could not take a new epoch on {epoch_key!r}: too much contention")
+
+
 class CheckpointStore:
     def __init__(self, store: KVStore, namespace: str = "serveplane") -> None:
         self.store = store
@@ -68,13 +78,7 @@ class CheckpointStore:
         return int(raw) if raw is not None else 0
 
     def acquire_epoch(self) -> int:
-        for _ in range(MAX_CAS_RETRIES):
-            raw = self.store.get(self.epoch_key)
-            epoch = (int(raw) if raw is not None else 0) + 1
-            if self.store.compare_and_set(self.epoch_key, raw, str(epoch).encode()):
-                break
-        else:
-            raise StaleEpochError(f"could not take a new epoch on {self.epoch_key!r}: too much contention")
+        epoch = bump_epoch(self.store, self.epoch_key)
         # re-stamp the checkpoint so that a writer holding an older epoch is refused
         for _ in range(MAX_CAS_RETRIES):
             current = self.store.get(self.checkpoint_key)
@@ -181,13 +185,7 @@ class RecordStore:
         return [k for k in self.store.list(self.prefix) if not k.endswith(".backup")]
 
     def acquire_epoch(self) -> int:
-        for _ in range(MAX_CAS_RETRIES):
-            raw = self.store.get(self.epoch_key)
-            epoch = (int(raw) if raw is not None else 0) + 1
-            if self.store.compare_and_set(self.epoch_key, raw, str(epoch).encode()):
-                break
-        else:
-            raise StaleEpochError(f"could not take a new epoch on {self.epoch_key!r}: too much contention")
+        epoch = bump_epoch(self.store, self.epoch_key)
         for key in self._keys():
             for _ in range(MAX_CAS_RETRIES):
                 current = self.store.get(key)

@@ -22,7 +22,6 @@ from typing import Any, Callable
 import cloudpickle
 
 from serveplane.config import BackendConfig
-from serveplane.exceptions import BatchSizeMismatchError
 from serveplane.context import current_request, current_session_id
 from serveplane.records import RequestMetadata
 from serveplane.replica.batching import Batcher
@@ -160,7 +159,7 @@ class ReplicaActor:
         ok = False
         try:
             method = self._resolve(meta.method_name)
-            if getattr(method, "_serveplane_accept_batch", False) and self._config.max_batch_size:
+            if getattr(method, "_serveplane_accept_batch", False):
                 result = await self._accept_batcher(meta.method_name, method).submit(
                     _one_arg(args, kwargs, meta.method_name))
             else:
@@ -174,14 +173,17 @@ class ReplicaActor:
             if self._metrics.in_flight == 0:
                 self._idle.set()
 
+    def _list_caller(self, method: Callable[..., Any]) -> Callable[[list[Any]], Any]:
+        async def call_list(items: list[Any]) -> list[Any]:
+            return await self._call(method, (items,), {})
+
+        return call_list
+
     def _accept_batcher(self, name: str, method: Callable[..., Any]) -> Batcher:
         batcher = self._accept_batchers.get(name)
         if batcher is None:
-            async def call_list(items: list[Any]) -> list[Any]:
-                return await self._call(method, (items,), {})
-
-            batcher = Batcher(call_list, f"{self._backend}.{name}", self._config.max_batch_size or 1,
-                              self._config.batch_wait_timeout)
+            batcher = Batcher(self._list_caller(method), f"{self._backend}.{name}",
+                              self._config.max_batch_size or 1, self._config.batch_wait_timeout)
             self._accept_batchers[name] = batcher
         return batcher
 
@@ -201,21 +203,10 @@ class ReplicaActor:
                 if batch_fn is not None:
                     return await batch_fn.run_gathered(self._callable, calls)
                 items = [_one_arg(a, k, meta.method_name) for a, k in calls]
-                size = self._config.max_batch_size or len(items)
-                out: list[tuple[bool, Any]] = []
-                for i in range(0, len(items), size):
-                    chunk = items[i:i + size]
-                    try:
-                        results = await self._call(method, (chunk,), {})
-                        if not isinstance(results, (list, tuple)) or len(results) != len(chunk):
-                            raise BatchSizeMismatchError(
-                                f"batch method {meta.method_name!r} of backend {self._backend!r} "
-                                f"returned {len(results) if isinstance(results, (list, tuple)) else type(results).__name__} "
-                                f"results for a batch of {len(chunk)}")
-                        out.extend((True, r) for r in results)
-                    except Exception as exc:  # noqa: BLE001 - returned to each caller
-                        out.extend((False, exc) for _ in chunk)
-                return out
+                # the router's batch, split by the backend's max_batch_size when it has one
+                size = self._config.max_batch_size or max(1, len(items))
+                return await Batcher(self._list_caller(method), f"{self._backend}.{meta.method_name}",
+                                     size, 0.0).run_gathered(items)
             finally:
                 self._metrics.end(True, time.monotonic() - started, None)
                 if self._metrics.in_flight == 0:

@@ -31,6 +31,16 @@ def _check_sizes(max_batch_size: Any, batch_wait_timeout_s: Any) -> None:
             f"batch_wait_timeout_s is {batch_wait_timeout_s!r}; it must be a number >= 0")
 
 
+def check_batch_result(name: str, results: Any, n_items: int) -> list[Any]:
+    """One result per input, or ``BatchSizeMismatchError`` naming the method and both lengths."""
+    if not isinstance(results, (list, tuple)) or len(results) != n_items:
+        got = len(results) if isinstance(results, (list, tuple)) else type(results).__name__
+        raise BatchSizeMismatchError(
+            f"batch method {name!r} returned {got} results for a batch of {n_items}; it must "
+            "return a list with one result per input")
+    return list(results)
+
+
 class Batcher:
     """Gathers single calls into list calls of ``fn`` on the running event loop."""
 
@@ -90,12 +100,7 @@ class Batcher:
             self.batch_sizes.append(len(batch))
             items = [item for item, _ in batch]
             try:
-                results = await self._fn(items)
-                if not isinstance(results, (list, tuple)) or len(results) != len(items):
-                    got = len(results) if isinstance(results, (list, tuple)) else type(results).__name__
-                    raise BatchSizeMismatchError(
-                        f"batch method {self.name!r} returned {got} results for a batch of "
-                        f"{len(items)}; it must return a list with one result per input")
+                results = check_batch_result(self.name, await self._fn(items), len(items))
             except Exception as exc:  # noqa: BLE001 - every caller of this batch gets it
                 for _, fut in batch:
                     if not fut.done():
@@ -112,12 +117,7 @@ class Batcher:
             chunk = items[start:start + self.max_batch_size]
             self.batch_sizes.append(len(chunk))
             try:
-                results = await self._fn(chunk)
-                if not isinstance(results, (list, tuple)) or len(results) != len(chunk):
-                    got = len(results) if isinstance(results, (list, tuple)) else type(results).__name__
-                    raise BatchSizeMismatchError(
-                        f"batch method {self.name!r} returned {got} results for a batch of "
-                        f"{len(chunk)}; it must return a list with one result per input")
+                results = check_batch_result(self.name, await self._fn(chunk), len(chunk))
                 out.extend((True, r) for r in results)
             except Exception as exc:  # noqa: BLE001 - returned to each caller
                 out.extend((False, exc) for _ in chunk)
