@@ -87,6 +87,9 @@ class FakeReplicaActorWrapper:
     def check_health(self, now: float) -> HealthStatus:
         return self._health
 
+    def probe_now(self) -> None:
+        self.probed = True
+
     def begin_stop(self, graceful_timeout_s: float, now: float) -> None:
         self.stop_requested = True
         self._stop_deadline = now + graceful_timeout_s

@@ -155,6 +155,12 @@ class ReplicaActorWrapper:
             return HealthStatus.UNHEALTHY
         return HealthStatus.HEALTHY
 
+    def probe_now(self) -> None:
+        """Check health on the next pass instead of waiting for the period (a router saw
+        this replica fail)."""
+        if self._health is None:
+            self._health_sent_at = float("-inf")
+
     # -- stop --------------------------------------------------------------------
     def begin_stop(self, graceful_timeout_s: float, now: float) -> None:
         self._stop_deadline = now + graceful_timeout_s

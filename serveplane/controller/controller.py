@@ -340,6 +340,20 @@ class ServeController:
                                 for n, r in self._endpoints.records().items()}
         return summary
 
+    async def report_replica_failure(self, backend: str, actor_name: str) -> bool:
+        """A router saw this replica die: health-check it now, so every router learns at once
+        (the report is verified, never trusted: a live replica stays)."""
+        state = self._backends.get_any(backend)
+        if state is None:
+            return False
+        for replica in state.replicas:
+            if replica.wrapper.actor_name == actor_name:
+                probe = getattr(replica.wrapper, "probe_now", None)
+                if probe is not None:
+                    probe()
+                return True
+        return False
+
     async def get_scaling_events(self) -> list[dict[str, Any]]:
         return [e.as_dict() for e in self._autoscaler.events]
 

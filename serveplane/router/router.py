@@ -68,6 +68,7 @@ class EndpointRouter:
         self._in_flight: dict[str, int] = collections.defaultdict(int)
         self._dead: set[str] = set()
         self._live_cache: dict[str, list[ReplicaInfo]] = {}
+        self._controller: Any = None
         self._queued: dict[str, int] = collections.defaultdict(int)
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
         self._sessions: collections.OrderedDict[str, str] = collections.OrderedDict()
@@ -349,6 +350,7 @@ class EndpointRouter:
                 self._dead.add(replica.actor_name)
                 self._live_cache.clear()
             self._wake_locked()
+        self._report_failure(replica)
         config = self._config(replica.backend)
         retries_done = request.attempts - 1
         if not config.idempotent or retries_done >= config.max_retries:
@@ -406,7 +408,19 @@ class EndpointRouter:
         meta = RequestMetadata(uuid.uuid4().hex, self.endpoint, method_name)
         return replica.actor_handle.handle_request.remote(meta, *args, **kwargs)
 
+    def _report_failure(self, replica: ReplicaInfo) -> None:
+        """Tell the controller, which verifies and republishes the set to every router."""
+        if self.controller_name is None:
+            return
+        try:
+            if self._controller is None:
+                self._controller = ray.get_actor(self.controller_name, namespace=self.namespace)
+            self._controller.report_replica_failure.remote(replica.backend, replica.actor_name)
+        except Exception:  # noqa: BLE001 - the controller's own health check still catches it
+            self._controller = None
+
     def mark_dead(self, replica: ReplicaInfo) -> None:
+        self._report_failure(replica)
         with self._lock:
             self._dead.add(replica.actor_name)
             self._live_cache.clear()

@@ -199,3 +199,34 @@ def test_not_idempotent_fails_with_replica_died(serve_instance):
     ray.kill(ray.get_actor(victim, namespace=client._namespace), no_restart=True)
     with pytest.raises(ReplicaDiedError, match=f"replica {victim} died.*idempotent=False"):
         response.result(timeout=30)
+
+
+def test_a_replica_death_seen_by_one_router_reaches_the_others(serve_instance):
+    client = serve_instance
+    client.create_backend("slow", SlowEcho, 1.0, config={"num_replicas": 2, "health_check_period_s": 60})
+    client.create_endpoint("ep", backend="slow")
+    h = client.get_handle("ep")
+    wait_until(lambda: len(h.router.statistics()["replicas"].get("slow", [])) == 2)
+
+    @ray.remote
+    class OtherProcess:
+        """Another process with its own router for the same endpoint."""
+
+        def __init__(self, handle):
+            self.handle = handle
+            self.handle.remote("warm").result(timeout=60)
+
+        def replicas(self):
+            return self.handle.router.statistics()["replicas"].get("slow", [])
+
+    other = OtherProcess.remote(h)
+    wait_until(lambda: len(ray.get(other.replicas.remote(), timeout=30)) == 2)
+    response = h.remote("x")
+    time.sleep(0.2)
+    victim = response.replica.actor_name
+    ray.kill(ray.get_actor(victim, namespace=client._namespace), no_restart=True)
+    t0 = time.monotonic()
+    assert response.result(timeout=30) == "x"  # retried here; this router reports the death
+    # with a 60 s health-check period, only the report explains the other router learning fast
+    wait_until(lambda: victim not in ray.get(other.replicas.remote(), timeout=30), timeout=10)
+    print(f"\nother router dropped the dead replica {time.monotonic() - t0:.2f}s after it was seen")
