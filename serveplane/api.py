@@ -38,6 +38,7 @@ def start(detached: bool = True, http_options: HTTPOptions | Mapping[str, Any] |
         raise InvalidConfigError(f"kv_store is {kv_store!r}; give a URL such as 'ray://serveplane'")
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING)
+    controller: Any
     try:
         controller = ray.get_actor(CONTROLLER_NAME, namespace=namespace)
         logger.info("attached to the running serveplane controller in namespace %r", namespace)
@@ -69,7 +70,7 @@ def start_proxies(options: HTTPOptions, namespace: str, detached: bool) -> tuple
         nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
     else:
         nodes = [ray.get_runtime_context().get_node_id()]
-    proxies = []
+    proxies: list[Any] = []
     for node_id in nodes:
         proxies.append(ray.remote(HTTPProxyActor).options(
             name=proxy_name(node_id), namespace=namespace, get_if_exists=True,

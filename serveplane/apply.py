@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -76,39 +77,39 @@ def plan(client: Client, config: DeployConfig, base_dir: Path) -> list[Change]:
                                   "(rolling update)", _update_backend(client, spec, obj, version)))
         elif config_diff:
             changes.append(_change("~", "backend", spec.name, "config " + json.dumps(config_diff, sort_keys=True),
-                                  lambda s=spec, d=config_diff: client.update_backend_config(s.name, d)))
+                                  partial(client.update_backend_config, spec.name, config_diff)))
 
-    for spec in config.endpoints:
-        traffic = spec.traffic or {spec.initial_backend(): 1.0}
-        cur = current_endpoints.get(spec.name)
-        if cur is not None and (cur["route"] != spec.route or
-                                [m.upper() for m in cur["methods"]] != [m.upper() for m in spec.methods]):
-            changes.append(_change("-", "route", spec.name, "route or methods changed (re-created)",
-                                  lambda n=spec.name: client.delete_endpoint(n)))
+    for ep in config.endpoints:
+        traffic = ep.traffic or {ep.initial_backend(): 1.0}
+        cur = current_endpoints.get(ep.name)
+        if cur is not None and (cur["route"] != ep.route or
+                                [m.upper() for m in cur["methods"]] != [m.upper() for m in ep.methods]):
+            changes.append(_change("-", "route", ep.name, "route or methods changed (re-created)",
+                                  partial(client.delete_endpoint, ep.name)))
             cur = None
         if cur is None:
-            changes.append(_change("+", "endpoint", spec.name, f"{spec.route or '(no route)'} -> "
-                                  + json.dumps(traffic, sort_keys=True), _create_endpoint(client, spec, traffic)))
+            changes.append(_change("+", "endpoint", ep.name, f"{ep.route or '(no route)'} -> "
+                                  + json.dumps(traffic, sort_keys=True), _create_endpoint(client, ep, traffic)))
             continue
         if cur["traffic"] != traffic:
-            changes.append(_change("~", "endpoint", spec.name, "traffic " + json.dumps(traffic, sort_keys=True),
-                                  lambda n=spec.name, t=traffic: client.set_traffic(n, t)))
-        for backend in sorted(set(cur["shadows"]) | set(spec.shadows)):
-            want = spec.shadows.get(backend, 0.0)
+            changes.append(_change("~", "endpoint", ep.name, "traffic " + json.dumps(traffic, sort_keys=True),
+                                  partial(client.set_traffic, ep.name, traffic)))
+        for backend in sorted(set(cur["shadows"]) | set(ep.shadows)):
+            want = ep.shadows.get(backend, 0.0)
             if cur["shadows"].get(backend, 0.0) != want:
-                changes.append(_change("~", "endpoint", spec.name, f"shadow {backend}={want:g}",
-                                      lambda n=spec.name, b=backend, p=want: client.shadow_traffic(n, b, p)))
-        if cur["router"] != spec.router:
-            changes.append(_change("~", "endpoint", spec.name, f"router {spec.router}",
-                                  lambda n=spec.name, r=spec.router: client.set_router(n, r)))
-        if (cur["batch_size"], cur["batch_timeout_s"]) != (spec.batch_size, spec.batch_timeout_s):
-            changes.append(_change("~", "endpoint", spec.name, f"batching {spec.batch_size}/{spec.batch_timeout_s:g}s",
-                                  lambda s=spec: client.set_batching(s.name, s.batch_size, s.batch_timeout_s)))
+                changes.append(_change("~", "endpoint", ep.name, f"shadow {backend}={want:g}",
+                                      partial(client.shadow_traffic, ep.name, backend, want)))
+        if cur["router"] != ep.router:
+            changes.append(_change("~", "endpoint", ep.name, f"router {ep.router}",
+                                  partial(client.set_router, ep.name, ep.router)))
+        if (cur["batch_size"], cur["batch_timeout_s"]) != (ep.batch_size, ep.batch_timeout_s):
+            changes.append(_change("~", "endpoint", ep.name, f"batching {ep.batch_size}/{ep.batch_timeout_s:g}s",
+                                  partial(client.set_batching, ep.name, ep.batch_size, ep.batch_timeout_s)))
 
     for name in sorted(set(current_endpoints) - set(wanted_endpoints)):
-        changes.append(_change("-", "endpoint", name, "", lambda n=name: client.delete_endpoint(n)))
+        changes.append(_change("-", "endpoint", name, "", partial(client.delete_endpoint, name)))
     for name in sorted(set(current_backends) - set(wanted_backends)):
-        changes.append(_change("-", "backend", name, "", lambda n=name: client.delete_backend(n)))
+        changes.append(_change("-", "backend", name, "", partial(client.delete_backend, name)))
     return changes
 
 

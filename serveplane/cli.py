@@ -32,7 +32,9 @@ def _connect_ray(address: str | None, start_local: bool = False) -> None:
         address = ADDRESS_FILE.read_text().strip()
     if address is None and not start_local:
         address = "auto"
-    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    import logging
+
+    ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -72,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.address is None:
         ADDRESS_FILE.parent.mkdir(parents=True, exist_ok=True)
         ADDRESS_FILE.write_text(ray.get_runtime_context().gcs_address)
-    http = (config.http or HTTPOptions()).model_copy(
+    http = (config.http or HTTPOptions.model_validate({})).model_copy(
         update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None})
     client = serveplane.start(kv_store=config.kv_store or f"ray://{namespace}", namespace=namespace,
                               http_options=http, detached=args.address is not None)

@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 import ray
 
@@ -74,7 +74,8 @@ class ServeController:
         self._stale: StaleEpochError | None = None
         self._long_poll = LongPollHost()
         self._lock = asyncio.Lock()
-        factory = wrapper_factory or (lambda backend, tag: ReplicaActorWrapper(backend, tag, namespace))
+        factory: Callable[[str, str], Any] = wrapper_factory or (
+            lambda backend, tag: ReplicaActorWrapper(backend, tag, namespace))
         self._backends = BackendStateManager(factory)
         self._endpoints = EndpointState(self._backends.exists)
         self._goals = GoalManager()
@@ -114,9 +115,9 @@ class ServeController:
             elif kind == "goal":
                 goals[key] = payload["backend"]
         self._endpoints.load_checkpoint(endpoints)
-        for record in self._endpoints.records().values():
-            if record.router_blob_hash:
-                self._blobs[record.router_blob_hash] = self._store.get_blob(record.router_blob_hash)
+        for endpoint in self._endpoints.records().values():
+            if endpoint.router_blob_hash:
+                self._blobs[endpoint.router_blob_hash] = self._store.get_blob(endpoint.router_blob_hash)
         self._goals.load_checkpoint(goals)
         for state in self._backends:
             self._publish_backend(state.tag)
@@ -382,8 +383,12 @@ class ServeController:
             self._store_blob(code_blob, code_hash)
             self._store_blob(init_blob, init_hash)
             goal: list[str] = []
-            self._commit(lambda: (self._backends.add(record, code_blob, init_blob),
-                                  goal.append(self._goals.create(tag))), [f"backend/{tag}"])
+
+            def change() -> None:
+                self._backends.add(record, code_blob, init_blob)
+                goal.append(self._goals.create(tag))
+
+            self._commit(change, [f"backend/{tag}"])
             self._publish_backend(tag)
             return goal[0]
 
@@ -428,8 +433,12 @@ class ServeController:
             if init_blob is not None:
                 self._store_blob(init_blob, init_hash)
             goal: list[str] = []
-            self._commit(lambda: (state.set_target(record, code_blob, init_blob),
-                                  goal.append(self._goals.create(tag))), [f"backend/{tag}"])
+
+            def change() -> None:
+                state.set_target(record, code_blob, init_blob)
+                goal.append(self._goals.create(tag))
+
+            self._commit(change, [f"backend/{tag}"])
             self._publish_backend(tag)
             return goal[0]
 
@@ -569,8 +578,8 @@ class ServeController:
             names = ([f"backend/{s.tag}" for s in self._backends]
                      + [f"endpoint/{n}" for n in self._endpoints.names()]
                      + [f"goal/{g}" for g in self._goals.to_checkpoint()])
-            self._backends = BackendStateManager(
-                lambda b, t: ReplicaActorWrapper(b, t, self._namespace))
+            replacement: Callable[[str, str], Any] = lambda b, t: ReplicaActorWrapper(b, t, self._namespace)
+            self._backends = BackendStateManager(replacement)
             self._sweep_orphans()
             self._endpoints.load_checkpoint({})
             self._goals.load_checkpoint({})

@@ -37,7 +37,7 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _labels(**labels: str) -> str:
+def _labels(**labels: str | None) -> str:
     inner = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items() if v is not None)
     return "{" + inner + "}" if inner else ""
 
