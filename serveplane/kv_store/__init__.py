@@ -1,19 +1,19 @@
-"""Key-value stores, the checkpoint codec and epoch fencing."""
+"""Key-value stores, the checkpoint codec and epoch fencing.
+
+``open_store(url)`` opens one of four stores behind the ``KVStore`` protocol: ``memory://``,
+``ray://<namespace>`` (Ray GCS KV), ``sqlite:///path`` and ``redis://host:port/db``.
+``CheckpointStore`` and ``RecordStore`` keep fenced, checksummed state on any of them.
+"""
 
 from serveplane.kv_store.base import KVStore, open_store
-from serveplane.kv_store.checkpoint import (
-    SCHEMA_VERSION,
-    CheckpointStore,
-    RecordStore,
-    decode_checkpoint,
-    encode_checkpoint,
-)
+from serveplane.kv_store.checkpoint import CheckpointStore, RecordStore
+from serveplane.kv_store.codec import SCHEMA_VERSION, decode_checkpoint, encode_checkpoint
 from serveplane.kv_store.memory import MemoryKVStore
 from serveplane.kv_store.ray_kv import RayKVStore
 from serveplane.kv_store.redis_kv import RedisKVStore
 from serveplane.kv_store.sqlite import SQLiteKVStore
 
 __all__ = [
-    "SCHEMA_VERSION", "CheckpointStore", "KVStore", "RecordStore", "MemoryKVStore", "RayKVStore", "RedisKVStore",
-    "SQLiteKVStore", "decode_checkpoint", "encode_checkpoint", "open_store",
+    "SCHEMA_VERSION", "CheckpointStore", "KVStore", "MemoryKVStore", "RayKVStore", "RecordStore",
+    "RedisKVStore", "SQLiteKVStore", "decode_checkpoint", "encode_checkpoint", "open_store",
 ]

@@ -1,64 +1,91 @@
-"""Ray GCS internal KV, namespaced (``ray://<namespace>``); the default on a cluster.
+"""Ray GCS internal KV (``ray://<namespace>``); the default store on a cluster.
 
-The GCS KV has no compare-and-set. CAS here is put-if-absent (``overwrite=False``, atomic
-in the GCS) for a missing key, and a read-compare-write under a process-local lock for an
-existing one. That is atomic only among writers in one process; across processes the
-epoch fencing in ``CheckpointStore`` still refuses a stale writer on its next write, and
-the controller is the only writer of its namespace. Use SQLite or Redis where several
-processes must race on one key.
+Keys live in the GCS KV namespace ``serveplane-<namespace>``, so a URL can never collide with
+Ray's own namespaces (``fun``, ``session``, ``serve``...). A namespace may not contain ``:``:
+the GCS splits its internal keys at the first ``:`` and would list wrong keys. The store needs Ray initialized in
+the calling process (a driver after ``ray.init`` or any Ray worker); otherwise every operation
+raises ``KVStoreUnavailableError``.
+
+Compare-and-set, honestly: the GCS KV has none. Here it is
+
+- for ``expected=None``: ``put(overwrite=False)``, which the GCS applies atomically, so of
+  any number of writers in any processes exactly one creates the key;
+- for an existing key: read, compare, write, serialized by a process-local lock. That is
+  atomic among the threads of one process only. Two processes racing on one existing key can
+  both "win". serveplane accepts this because the controller is the only writer of its
+  namespace, and the epoch fencing in ``checkpoint.py`` still refuses a stale controller on
+  its next write. Use SQLite or Redis where several processes must race on one key.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import Any, Callable, TypeVar
 
 from serveplane.exceptions import InvalidConfigError, KVStoreUnavailableError
+from serveplane.kv_store.base import check_key, check_value
 
-_LOCK = threading.Lock()
+T = TypeVar("T")
+
+GCS_NAMESPACE_PREFIX = "serveplane-"
+# One lock per process, not per store: two stores on one URL must exclude each other.
+_CAS_LOCK = threading.Lock()
 
 
 class RayKVStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self.namespace = url[len("ray://"):]
-        if not self.namespace:
-            raise InvalidConfigError(f"kv store url {url!r} names no namespace; use ray://<namespace>")
-        from ray.experimental import internal_kv
+        if not self.namespace or ":" in self.namespace:
+            raise InvalidConfigError(
+                f"kv store url {url!r} must name a namespace without ':'; use ray://<namespace>")
+        self.gcs_namespace = GCS_NAMESPACE_PREFIX + self.namespace
 
-        self._kv = internal_kv
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.url,))
 
-    def _run(self, operation: str, fn):  # type: ignore[no-untyped-def]
+    def __repr__(self) -> str:
+        return f"<RayKVStore {self.url} [gcs namespace: {self.gcs_namespace}]>"
+
+    def _run(self, operation: str, fn: Callable[[Any], T]) -> T:
         try:
-            if not self._kv._internal_kv_initialized():
-                raise RuntimeError("ray is not initialized in this process")
-            return fn()
-        except Exception as exc:  # noqa: BLE001 - any GCS failure is "unavailable"
+            from ray.experimental import internal_kv
+
+            if not internal_kv._internal_kv_initialized():
+                raise RuntimeError("ray is not initialized in this process; call ray.init() first")
+            return fn(internal_kv)
+        except Exception as exc:  # noqa: BLE001 - any GCS failure means "unavailable"
             raise KVStoreUnavailableError(self.url, operation, exc) from None
 
     def get(self, key: str) -> bytes | None:
-        return self._run(f"get {key!r}", lambda: self._kv._internal_kv_get(key, namespace=self.namespace))
+        check_key(key)
+        return self._run(f"get {key!r}", lambda kv: kv._internal_kv_get(key, namespace=self.gcs_namespace))
 
     def put(self, key: str, value: bytes) -> None:
-        self._run(f"put {key!r}", lambda: self._kv._internal_kv_put(
-            key, value, overwrite=True, namespace=self.namespace))
+        value = check_value(check_key(key), value)
+        self._run(f"put {key!r}", lambda kv: kv._internal_kv_put(
+            key, value, overwrite=True, namespace=self.gcs_namespace))
 
     def delete(self, key: str) -> None:
-        self._run(f"delete {key!r}", lambda: self._kv._internal_kv_del(key, namespace=self.namespace))
+        check_key(key)
+        self._run(f"delete {key!r}", lambda kv: kv._internal_kv_del(key, namespace=self.gcs_namespace))
 
     def list(self, prefix: str) -> list[str]:
-        keys = self._run(f"list {prefix!r}", lambda: self._kv._internal_kv_list(prefix, namespace=self.namespace))
+        keys = self._run(f"list {prefix!r}", lambda kv: kv._internal_kv_list(
+            prefix, namespace=self.gcs_namespace))
         return sorted(k.decode() if isinstance(k, bytes) else k for k in keys)
 
     def compare_and_set(self, key: str, expected: bytes | None, new: bytes) -> bool:
-        def cas() -> bool:
+        new = check_value(check_key(key), new)
+
+        def cas(kv: Any) -> bool:
             if expected is None:
-                # returns True when the key already existed (nothing written)
-                existed = self._kv._internal_kv_put(key, new, overwrite=False, namespace=self.namespace)
-                return not existed
-            with _LOCK:
-                if self._kv._internal_kv_get(key, namespace=self.namespace) != expected:
+                # _internal_kv_put returns whether the key already existed (then nothing is written)
+                return not kv._internal_kv_put(key, new, overwrite=False, namespace=self.gcs_namespace)
+            with _CAS_LOCK:
+                if kv._internal_kv_get(key, namespace=self.gcs_namespace) != expected:
                     return False
-                self._kv._internal_kv_put(key, new, overwrite=True, namespace=self.namespace)
+                kv._internal_kv_put(key, new, overwrite=True, namespace=self.gcs_namespace)
                 return True
 
         return self._run(f"compare_and_set {key!r}", cas)

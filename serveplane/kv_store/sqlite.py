@@ -1,7 +1,16 @@
-"""SQLite file store: WAL, ``synchronous=FULL``, safe across threads and processes.
+"""SQLite file store (``sqlite:///abs/path/state.db`` or ``sqlite://relative.db``).
 
-Compare-and-set runs inside ``BEGIN IMMEDIATE``, which takes the database's write lock
-before reading, so two processes can never both win.
+Embedded and durable: WAL journal, ``synchronous=FULL`` (a returned write survives power
+loss), and a busy timeout so concurrent writers wait instead of failing.
+
+Invariants:
+
+- one connection per thread (and per process: a forked child opens its own), so threads
+  never share a sqlite handle;
+- compare-and-set runs inside ``BEGIN IMMEDIATE``, which takes the database's write lock
+  before reading, so of two processes or threads racing on one key only one can win;
+- a lock held past the busy timeout, a missing directory or an unwritable file raises
+  ``KVStoreUnavailableError`` naming the URL and the operation.
 """
 
 from __future__ import annotations
@@ -9,79 +18,103 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from typing import Any, Callable, TypeVar
 
 from serveplane.exceptions import InvalidConfigError, KVStoreUnavailableError
+from serveplane.kv_store.base import check_key, check_value
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_S = 10.0
+
+_UPSERT = ("INSERT INTO kv (key, value) VALUES (?, ?) "
+           "ON CONFLICT(key) DO UPDATE SET value = excluded.value")
 
 
-def _path_from_url(url: str) -> str:
-    rest = url[len("sqlite://"):]
-    if rest.startswith("/"):
-        path = rest  # sqlite:///abs/path -> /abs/path
-    else:
-        path = rest
-    if not path:
-        raise InvalidConfigError(f"kv store url {url!r} names no file; use sqlite:///path/state.db")
+def path_from_url(url: str) -> str:
+    """``sqlite:///abs/x.db`` -> ``/abs/x.db``; ``sqlite://rel.db`` -> ``rel.db`` (cwd-relative)."""
+    path = url[len("sqlite://"):]
+    if not path or path.endswith("/"):
+        raise InvalidConfigError(
+            f"kv store url {url!r} names no file; use sqlite:///abs/path/state.db")
     return path
 
 
 class SQLiteKVStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         self.url = url
-        self.path = _path_from_url(url)
+        self.path = path_from_url(url)
+        self.busy_timeout_s = busy_timeout_s
         self._local = threading.local()
+        self._all_lock = threading.Lock()
+        self._all: list[tuple[int, sqlite3.Connection]] = []  # (pid, conn) of every thread, for close()
         self._conn()  # fail fast on an unusable path
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or getattr(self._local, "pid", None) != os.getpid():
-            try:
-                conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
-                                       check_same_thread=True)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")
-                conn.execute("PRAGMA busy_timeout=10000")
-                conn.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
-            except sqlite3.Error as exc:
-                raise KVStoreUnavailableError(self.url, "open", exc) from None
-            self._local.conn = conn
-            self._local.pid = os.getpid()
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.url, self.busy_timeout_s))
+
+    def __repr__(self) -> str:
+        return f"<SQLiteKVStore {self.url} [connections: {len(self._all)}]>"
+
+    def _conn(self, operation: str = "open") -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            return conn
+        try:
+            # isolation_level=None: no implicit transactions; CAS opens its own.
+            # check_same_thread=False only so that close() may close other threads' handles.
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
+        except sqlite3.Error as exc:
+            raise KVStoreUnavailableError(self.url, operation, exc) from None
+        self._local.conn, self._local.pid = conn, os.getpid()
+        with self._all_lock:
+            self._all.append((os.getpid(), conn))
         return conn
 
-    def _run(self, operation: str, fn):  # type: ignore[no-untyped-def]
+    def _run(self, operation: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn(operation)
         try:
-            return fn(self._conn())
+            return fn(conn)
         except sqlite3.Error as exc:
             raise KVStoreUnavailableError(self.url, operation, exc) from None
 
     def get(self, key: str) -> bytes | None:
+        check_key(key)
         row = self._run(f"get {key!r}", lambda c: c.execute(
             "SELECT value FROM kv WHERE key = ?", (key,)).fetchone())
         return bytes(row[0]) if row else None
 
     def put(self, key: str, value: bytes) -> None:
-        self._run(f"put {key!r}", lambda c: c.execute(
-            "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (key, sqlite3.Binary(value))))
+        value = check_value(check_key(key), value)
+        self._run(f"put {key!r}", lambda c: c.execute(_UPSERT, (key, value)))
 
     def delete(self, key: str) -> None:
+        check_key(key)
         self._run(f"delete {key!r}", lambda c: c.execute("DELETE FROM kv WHERE key = ?", (key,)))
 
     def list(self, prefix: str) -> list[str]:
+        # substr, not LIKE: '%' and '_' in a prefix are literal. ORDER BY compares UTF-8
+        # bytes, which orders keys as Python's sorted() does.
         rows = self._run(f"list {prefix!r}", lambda c: c.execute(
             "SELECT key FROM kv WHERE substr(key, 1, ?) = ? ORDER BY key", (len(prefix), prefix)).fetchall())
         return [r[0] for r in rows]
 
     def compare_and_set(self, key: str, expected: bytes | None, new: bytes) -> bool:
+        new = check_value(check_key(key), new)
+
         def cas(c: sqlite3.Connection) -> bool:
             c.execute("BEGIN IMMEDIATE")
             try:
                 row = c.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
-                current = bytes(row[0]) if row else None
-                if current != expected:
+                if (bytes(row[0]) if row else None) != expected:
                     c.execute("ROLLBACK")
                     return False
-                c.execute("INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
-                          "SET value = excluded.value", (key, sqlite3.Binary(new)))
+                c.execute(_UPSERT, (key, new))
                 c.execute("COMMIT")
                 return True
             except BaseException:
@@ -92,7 +125,9 @@ class SQLiteKVStore:
         return self._run(f"compare_and_set {key!r}", cas)
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        with self._all_lock:
+            conns, self._all = self._all, []
+        for pid, conn in conns:
+            if pid == os.getpid():  # a forked child must not close its parent's handles
+                conn.close()
+        self._local = threading.local()
