@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run run-embedding test bench unit clean redis
+.PHONY: run run-embedding test typecheck bench unit clean redis
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,11 @@ $(TORCH_STAMP): $(STAMP)
 run-embedding: $(TORCH_STAMP)
 	$(PY) -m serveplane.cli run examples/embedding/embedding.yaml
 
-test: $(TEST_STAMP) redis
+test: $(TEST_STAMP) redis typecheck
 	$(PY) -m pytest tests -q; rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
+
+typecheck: $(TEST_STAMP)
+	$(PY) -m mypy serveplane
 
 unit: $(TEST_STAMP)
 	$(PY) -m pytest tests/unit -q
