@@ -192,14 +192,18 @@ class LongPollClient:
             if temporary is not None:
                 self.unsubscribe(temporary)
 
-    def stop(self) -> None:
-        """Cancel the in-flight call, end the thread and leave the registry; idempotent."""
+    def _mark_stopped(self) -> None:
+        """Wake every waiter and leave the per-process registry."""
         with self._value_known:
             self._stopped = True
             self._value_known.notify_all()
         with _REGISTRY_LOCK:
             if _REGISTRY.get((self.host_actor_name, self.namespace)) is self:
                 del _REGISTRY[(self.host_actor_name, self.namespace)]
+
+    def stop(self) -> None:
+        """Cancel the in-flight call, end the thread and leave the registry; idempotent."""
+        self._mark_stopped()
         self._call_in_loop(self._stop_event.set)
         self._call_in_loop(self._wake.set)
         if threading.current_thread() is not self._thread:
@@ -242,12 +246,7 @@ class LongPollClient:
             self.error = exc
             logger.exception("long-poll client for host %r crashed; it is stopped", self.host_actor_name)
         finally:
-            with self._value_known:
-                self._stopped = True
-                self._value_known.notify_all()
-            with _REGISTRY_LOCK:
-                if _REGISTRY.get((self.host_actor_name, self.namespace)) is self:
-                    del _REGISTRY[(self.host_actor_name, self.namespace)]
+            self._mark_stopped()
             try:
                 leftovers = asyncio.all_tasks(self._loop)  # cancelled helpers not yet reaped
                 for leftover in leftovers:
