@@ -154,9 +154,18 @@ def test_worker_node_removed_under_load():
 import asyncio, threading, time, ray, serveplane
 from ray.cluster_utils import Cluster
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-node_a = cluster.add_node(num_cpus=3)
-node_b = cluster.add_node(num_cpus=2)
+node_a = cluster.add_node(num_cpus=4, resources={"node_a": 1})
+node_b = cluster.add_node(num_cpus=1)
 ray.init(address=cluster.address, logging_level="ERROR")
+
+@ray.remote(num_cpus=2, resources={"node_a": 1})
+class Blocker:
+    def ping(self):
+        return 1
+
+# while the replicas are placed, half of A is taken: 3 replicas of 1 CPU must use B too
+blocker = Blocker.remote()
+ray.get(blocker.ping.remote())
 client = serveplane.start(kv_store="ray://nodes", namespace="nodes")
 from tests.integration.router.backends import Doubler
 client.create_backend("d", Doubler, ray_actor_options={"num_cpus": 1}, config={"num_replicas": 3})
@@ -169,6 +178,7 @@ while len(h.router.statistics()["replicas"].get("d", [])) < 3:
     time.sleep(0.05)
 placed = nodes()
 print("ON_B", placed.count(node_b.node_id))
+ray.kill(blocker)  # A has room again for the replica that will come back
 sent = failed = wrong = 0
 stop = threading.Event()
 async def load():
