@@ -26,7 +26,7 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=RAY_NUM_CPUS, num_gpus=RAY_NUM_GPUS, include_dashboard=False,
+        ray.init(address="local", num_cpus=RAY_NUM_CPUS, num_gpus=RAY_NUM_GPUS, include_dashboard=False,
                  namespace="serveplane-test", logging_level="WARNING",
                  runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     yield ray

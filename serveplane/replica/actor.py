@@ -150,7 +150,9 @@ class ReplicaActor:
         return await loop.run_in_executor(
             self._executor, functools.partial(ctx.run, method, *args, **kwargs))
 
-    async def handle_request(self, meta: RequestMetadata, *args: Any, **kwargs: Any) -> Any:
+    async def handle_request(self, meta: RequestMetadata | list, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(meta, RequestMetadata):  # routers send the fields as a list (faster)
+            meta = RequestMetadata(*meta)
         started = time.monotonic()
         self._metrics.begin()
         self._idle.clear()

@@ -1,212 +1,43 @@
-"""``Handle`` and ``Response``: what callers hold.
+"""``Handle``: what callers hold to call an endpoint.
 
-``handle.remote(x)`` routes at once when a replica is free (one actor call, no thread hop,
-no task), and otherwise queues: on the caller's own loop for async callers, on one
-background loop per process for sync callers. A ``Response`` is awaitable, has
-``.result(timeout)``, gives its ``ObjectRef`` for Ray tasks, and can be passed as an
-argument to another handle call (the replica receives the value; the caller never
-fetches it).
+``handle.remote(x)`` routes at once when a replica is free (one actor call on the caller's
+thread: no task, no thread hop) and otherwise queues: on the caller's own loop for async
+callers, on one background loop per process for sync callers. It returns a ``Response``.
+
+Handles pickle as ``(endpoint, controller_name, namespace, options)`` and rebuild with
+``serveplane.router.get_handle`` in the receiving process, which keeps one router per
+endpoint per process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import threading
+import time
 import uuid
 from dataclasses import dataclass, replace
-from typing import Any, AsyncIterator, Coroutine, Iterator
-
-import ray
+from typing import Any, AsyncIterator, Iterator
 
 from serveplane.context import current_session_id
-from serveplane.exceptions import RequestTimeoutError, ServeplaneError
+from serveplane.exceptions import ServeplaneError
 from serveplane.records import ReplicaInfo
-from serveplane.router.router import DEAD_ERRORS, EndpointRouter
+from serveplane.router.response import Response
+from serveplane.router.router import EndpointRouter
+from serveplane.router.transport import Failure
 
 DEFAULT_TIMEOUT_S = 60.0
-
-_bg_loop: asyncio.AbstractEventLoop | None = None
-_bg_lock = threading.Lock()
-
-
-def background_loop() -> asyncio.AbstractEventLoop:
-    """One event loop thread per process, for sync callers' queued requests and retries."""
-    global _bg_loop
-    with _bg_lock:
-        if _bg_loop is None or _bg_loop.is_closed():
-            loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, name="serveplane-router-loop", daemon=True).start()
-            _bg_loop = loop
-        return _bg_loop
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
+DEFAULT_FANOUT_TIMEOUT_S = 30.0
 
 
 class QuorumError(ServeplaneError):
     """Fewer replicas answered a fanout than its quorum."""
 
+    def __init__(self, message: str, results: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.results = results or {}
 
-class Response:
-    __slots__ = ("router", "args", "kwargs", "method_name", "session_id", "shard_key", "timeout_s",
-                 "request_id", "backend", "replica", "ref", "attempts", "queued_under", "shadows",
-                 "batch_index", "_waiting", "_released", "__weakref__")
-
-    def __init__(self, router: EndpointRouter, args: tuple, kwargs: dict, method_name: str,
-                 session_id: str | None, shard_key: str | None, timeout_s: float) -> None:
-        self.router = router
-        self.args = args
-        self.kwargs = kwargs
-        self.method_name = method_name
-        self.session_id = session_id
-        self.shard_key = shard_key
-        self.timeout_s = timeout_s
-        self.request_id = uuid.uuid4().hex
-        self.backend: str | None = None
-        self.replica: ReplicaInfo | None = None
-        self.ref: Any = None
-        self.attempts = 0
-        self.queued_under: str | None = None
-        self.shadows: list[Any] = []
-        self.batch_index: int | None = None  # position in a router-side batch
-        self._waiting: Any = None  # asyncio.Task or concurrent Future while queued
-        self._released = False
-
-    # -- routing -----------------------------------------------------------------------
-    def start_waiting(self, coro: Coroutine[Any, Any, None]) -> None:
-        loop = _running_loop()
-        if loop is not None:
-            self._waiting = loop.create_task(coro, name=f"serveplane-route-{self.request_id[:8]}")
-        else:
-            self._waiting = asyncio.run_coroutine_threadsafe(coro, background_loop())
-
-    def resolved_args(self) -> tuple[tuple, dict]:
-        """Responses passed as arguments become their ObjectRefs (Ray resolves them)."""
-        if not any(isinstance(a, Response) for a in self.args) and not any(
-                isinstance(v, Response) for v in self.kwargs.values()):
-            return self.args, self.kwargs
-        args = tuple(a.object_ref() if isinstance(a, Response) else a for a in self.args)
-        kwargs = {k: (v.object_ref() if isinstance(v, Response) else v) for k, v in self.kwargs.items()}
-        return args, kwargs
-
-    def _wait_routed_sync(self, timeout: float | None) -> None:
-        while self.ref is None:
-            waiting = self._waiting
-            if waiting is None:  # a retry after a replica died
-                waiting = self._waiting = asyncio.run_coroutine_threadsafe(
-                    self.router._route_queued(self, reserved=False), background_loop())
-            if isinstance(waiting, asyncio.Task):
-                raise RuntimeError("this Response is being routed on an event loop; await it there")
-            try:
-                waiting.result(timeout)
-            except concurrent.futures.TimeoutError:
-                raise RequestTimeoutError(f"request to endpoint {self.router.endpoint!r} was still "
-                                          f"queued after {timeout}s") from None
-            finally:
-                if waiting.done() and self._waiting is waiting:
-                    self._waiting = None
-
-    async def _wait_routed_async(self) -> None:
-        while self.ref is None:
-            waiting = self._waiting
-            if waiting is None:
-                waiting = self._waiting = asyncio.ensure_future(
-                    self.router._route_queued(self, reserved=False))
-            try:
-                if isinstance(waiting, asyncio.Task):
-                    if waiting.get_loop() is not asyncio.get_running_loop():
-                        raise RuntimeError("this Response is being routed on another event loop; "
-                                           "await it there")
-                    await waiting
-                else:
-                    await asyncio.wrap_future(waiting)
-            finally:
-                if waiting.done() and self._waiting is waiting:
-                    self._waiting = None
-
-    def _unpack(self, value: Any) -> Any:
-        if self.batch_index is None:
-            return value
-        ok, item = value[self.batch_index]
-        if not ok:
-            raise item
-        return item
-
-    def _finish(self, value: Any) -> None:
-        if not self._released and self.replica is not None:
-            self._released = True
-            self.router.release(self.replica)
-        for outcome in self.shadows:
-            outcome.on_primary(value)
-
-    # -- results -------------------------------------------------------------------------
-    def result(self, timeout: float | None = None) -> Any:
-        while True:
-            if self.ref is None:
-                self._wait_routed_sync(timeout)
-            try:
-                value = self._unpack(ray.get(self.ref, timeout=timeout))
-            except DEAD_ERRORS as exc:
-                self.router.on_dead(self, exc)
-                continue
-            except ray.exceptions.GetTimeoutError:
-                raise RequestTimeoutError(
-                    f"request to endpoint {self.router.endpoint!r} did not finish within {timeout}s") from None
-            except BaseException as exc:
-                self._finish(exc)
-                raise
-            self._finish(value)
-            return value
-
-    def __await__(self) -> Any:
-        return self._result_async().__await__()
-
-    async def _result_async(self) -> Any:
-        while True:
-            if self.ref is None:
-                await self._wait_routed_async()
-            try:
-                value = self._unpack(await self.ref)
-            except DEAD_ERRORS as exc:
-                self.router.on_dead(self, exc)
-                continue
-            except BaseException as exc:
-                self._finish(exc)
-                raise
-            self._finish(value)
-            return value
-
-    def object_ref(self) -> Any:
-        """The ObjectRef of the current attempt (routes first if the request is queued)."""
-        if self.ref is None:
-            self._wait_routed_sync(self.timeout_s)
-        if self.batch_index is not None:
-            return ray.put(self.result(self.timeout_s))  # a batch's ref holds every caller's answer
-        return self.ref
-
-    def __del__(self) -> None:
-        # dropped without being awaited: free the replica slot when the call completes
-        try:
-            if not self._released and self.replica is not None and self.ref is not None:
-                self._released = True
-                router, replica = self.router, self.replica
-                self.ref._on_completed(lambda _value: router.release(replica))
-        except Exception:  # noqa: BLE001 - never raise from __del__
-            pass
-
-    def __repr__(self) -> str:
-        where = self.replica.actor_name if self.replica else "queued"
-        return f"<Response {self.router.endpoint} {self.method_name} -> {where}>"
-
-
-async def _await(awaitable: Any) -> Any:
-    return await awaitable
+    def __reduce__(self) -> Any:
+        return (type(self), (str(self), self.results))
 
 
 @dataclass(frozen=True)
@@ -218,11 +49,31 @@ class HandleOptions:
 
 
 class Handle:
-    """Calls an endpoint. Picklable: it rebuilds itself in a Ray task or actor."""
+    """Calls an endpoint.
 
-    def __init__(self, router: EndpointRouter, options: HandleOptions | None = None) -> None:
+    ``Handle("ep", source=StaticSource())`` builds a router of its own on that config
+    source (tests, embedding); ``Handle("ep")`` or ``get_handle(...)`` share the process's
+    router fed by long-poll from the controller.
+    """
+
+    __slots__ = ("_router", "_options")
+
+    def __init__(self, endpoint: str | EndpointRouter, source: Any = None, *,
+                 controller_name: str | None = None, namespace: str | None = None,
+                 options: HandleOptions | None = None) -> None:
+        if isinstance(endpoint, EndpointRouter):
+            router = endpoint
+        elif source is not None:
+            router = EndpointRouter(endpoint, source, controller_name=controller_name,
+                                    namespace=namespace)
+        else:
+            from serveplane.records import CONTROLLER_NAME, DEFAULT_NAMESPACE
+            from serveplane.router import shared_router
+
+            router = shared_router(endpoint, controller_name or CONTROLLER_NAME,
+                                   namespace or DEFAULT_NAMESPACE)
         self._router = router
-        self._options = options or HandleOptions()
+        self._options = options or _DEFAULT_OPTIONS
 
     @property
     def endpoint(self) -> str:
@@ -232,96 +83,152 @@ class Handle:
     def router(self) -> EndpointRouter:
         return self._router
 
-    def options(self, *, method_name: str | None = None, shard_key: str | None = None,
-                session_id: str | None = None, timeout_s: float | None = None) -> Handle:
+    def options(self, *, method_name: str | None = None, shard_key: Any = None,
+                session_id: Any = None, timeout_s: float | None = None) -> Handle:
+        """A handle on the same router with some call options changed."""
         changes: dict[str, Any] = {}
         if method_name is not None:
+            if not isinstance(method_name, str) or not method_name:
+                raise ValueError(f"method_name is {method_name!r}; it must be a non-empty string")
             changes["method_name"] = method_name
         if shard_key is not None:
             changes["shard_key"] = str(shard_key)
         if session_id is not None:
             changes["session_id"] = str(session_id)
         if timeout_s is not None:
+            if not timeout_s > 0:
+                raise ValueError(f"timeout_s is {timeout_s!r}; it must be > 0")
             changes["timeout_s"] = float(timeout_s)
-        return Handle(self._router, replace(self._options, **changes))
+        return Handle(self._router, options=replace(self._options, **changes))
 
     def remote(self, *args: Any, **kwargs: Any) -> Response:
+        """Send one request; ``Response`` arguments are passed replica to replica."""
         o = self._options
-        session_id = o.session_id if o.session_id is not None else current_session_id.get()
+        session_id = o.session_id
+        if session_id is None:
+            session_id = current_session_id.get()
         response = Response(self._router, args, kwargs, o.method_name, session_id, o.shard_key,
                             o.timeout_s)
         self._router.submit(response)
         return response
 
     # -- fanout ----------------------------------------------------------------------------
-    def _fanout_refs(self, args: tuple, kwargs: dict) -> list[tuple[ReplicaInfo, Any]]:
-        return [(r, self._router.send_direct(r, self._options.method_name, args, kwargs))
-                for r in self._router.fanout_targets()]
+    def _fanout_send(self, args: tuple, kwargs: dict) -> list[tuple[ReplicaInfo, Any]]:
+        router = self._router
+        targets = router.fanout_targets()
+        sent = []
+        for replica in targets:
+            try:
+                sent.append((replica, router.send_direct(replica, self._options.method_name, args, kwargs)))
+            except Exception as exc:  # noqa: BLE001 - reported for that replica
+                sent.append((replica, _Failed(exc)))
+        return sent
 
-    @staticmethod
-    def _check_quorum(results: dict[str, Any], quorum: int | None, endpoint: str) -> dict[str, Any]:
-        ok = sum(1 for v in results.values() if not isinstance(v, BaseException))
-        if quorum is not None and ok < quorum:
-            raise QuorumError(f"fanout to endpoint {endpoint!r}: {ok} of {len(results)} replicas "
-                              f"answered, quorum is {quorum}")
-        return results
+    def _fanout_outcome(self, replica: ReplicaInfo, error: BaseException) -> BaseException:
+        if self._router.transport.classify(error, replica) is Failure.REPLICA_DIED:
+            self._router.mark_dead(replica)
+        return error
 
-    def fanout(self, *args: Any, quorum: int | None = None, timeout_s: float = 30.0,
-               **kwargs: Any) -> dict[str, Any]:
-        """Call every running replica of the endpoint's backends; one entry per replica:
-        its result or the exception it raised."""
+    def fanout(self, *args: Any, quorum: int | None = None,
+               timeout_s: float = DEFAULT_FANOUT_TIMEOUT_S, **kwargs: Any) -> dict[str, Any]:
+        """Call every running replica of the endpoint's traffic backends at once.
+
+        Returns one entry per replica (its actor name): the answer, or the exception that
+        replica raised (a timeout too). Raises ``QuorumError`` when fewer than ``quorum``
+        replicas answered.
+        """
+        _check_quorum_arg(quorum)
+        get = self._router.transport.get
+        deadline = time.monotonic() + timeout_s
         results: dict[str, Any] = {}
-        for replica, ref in self._fanout_refs(args, kwargs):
+        for replica, ref in self._fanout_send(args, kwargs):
+            if isinstance(ref, _Failed):
+                results[replica.actor_name] = ref.error
+                continue
             try:
-                results[replica.actor_name] = ray.get(ref, timeout=timeout_s)
-            except DEAD_ERRORS as exc:
-                self._router.mark_dead(replica)
-                results[replica.actor_name] = exc
+                results[replica.actor_name] = get(ref, max(0.0, deadline - time.monotonic()))
             except Exception as exc:  # noqa: BLE001 - reported per replica
-                results[replica.actor_name] = exc
-        return self._check_quorum(results, quorum, self.endpoint)
+                results[replica.actor_name] = self._fanout_outcome(replica, exc)
+        return self._check_quorum(results, quorum)
 
-    async def fanout_async(self, *args: Any, quorum: int | None = None, timeout_s: float = 30.0,
-                           **kwargs: Any) -> dict[str, Any]:
-        pairs = self._fanout_refs(args, kwargs)
+    async def fanout_async(self, *args: Any, quorum: int | None = None,
+                           timeout_s: float = DEFAULT_FANOUT_TIMEOUT_S, **kwargs: Any) -> dict[str, Any]:
+        """``fanout`` for async callers (on the caller's loop)."""
+        _check_quorum_arg(quorum)
+        sent = self._fanout_send(args, kwargs)
 
-        async def one(ref: Any) -> Any:
+        async def one(replica: ReplicaInfo, ref: Any) -> Any:
+            if isinstance(ref, _Failed):
+                return ref.error
             try:
-                return await asyncio.wait_for(_await(ref), timeout=timeout_s)
+                return await asyncio.wait_for(_awaited(ref), timeout=timeout_s)
             except Exception as exc:  # noqa: BLE001 - reported per replica
-                return exc
+                return self._fanout_outcome(replica, exc)
 
-        values = await asyncio.gather(*(one(ref) for _, ref in pairs))
-        results = {r.actor_name: v for (r, _), v in zip(pairs, values)}
-        return self._check_quorum(results, quorum, self.endpoint)
+        values = await asyncio.gather(*(one(r, ref) for r, ref in sent))
+        return self._check_quorum({r.actor_name: v for (r, _), v in zip(sent, values)}, quorum)
+
+    def _check_quorum(self, results: dict[str, Any], quorum: int | None) -> dict[str, Any]:
+        answered = sum(1 for v in results.values() if not isinstance(v, BaseException))
+        if quorum is not None and answered < quorum:
+            failed = {k: f"{type(v).__name__}: {v}" for k, v in results.items()
+                      if isinstance(v, BaseException)}
+            raise QuorumError(
+                f"fanout to endpoint {self.endpoint!r}: {answered} of {len(results)} replicas "
+                f"answered, quorum is {quorum}; failed: {failed or 'none'}", results)
+        return results
 
     # -- sessions ---------------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def session(self, session_id: str | None = None) -> AsyncIterator[Handle]:
-        """All calls inside stick to one replica (nested handle calls too, via contextvars)."""
+        """All calls inside stick to one replica, nested handle calls too (contextvars)."""
         with self.session_sync(session_id) as handle:
             yield handle
 
     @contextlib.contextmanager
     def session_sync(self, session_id: str | None = None) -> Iterator[Handle]:
-        sid = session_id or uuid.uuid4().hex
+        sid = str(session_id) if session_id is not None else uuid.uuid4().hex
         token = current_session_id.set(sid)
         try:
             yield self.options(session_id=sid)
         finally:
             current_session_id.reset(token)
 
+    # -- pickling ------------------------------------------------------------------------------
     def __reduce__(self) -> Any:
         r = self._router
         if r.controller_name is None:
-            raise TypeError("a Handle built on a static config source cannot be pickled")
+            raise TypeError(
+                f"the handle of endpoint {r.endpoint!r} reads its config from a "
+                f"{type(r.source).__name__}, which exists only in this process; build it with "
+                "serveplane.router.get_handle(endpoint, controller_name, namespace) (or "
+                "client.get_handle) to pass it to Ray tasks and actors")
         return (_rebuild, (r.endpoint, r.controller_name, r.namespace, self._options))
 
     def __repr__(self) -> str:
-        return f"<Handle {self.endpoint} {self._options.method_name}>"
+        return f"<Handle {self.endpoint}.{self._options.method_name}>"
+
+
+_DEFAULT_OPTIONS = HandleOptions()
+
+
+class _Failed:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _check_quorum_arg(quorum: int | None) -> None:
+    if quorum is not None and (isinstance(quorum, bool) or not isinstance(quorum, int) or quorum < 0):
+        raise ValueError(f"quorum is {quorum!r}; it must be an integer >= 0 or None")
 
 
 def _rebuild(endpoint: str, controller_name: str, namespace: str, options: HandleOptions) -> Handle:
     from serveplane.router import get_handle
 
-    return Handle(get_handle(endpoint, controller_name, namespace).router, options)
+    return Handle(get_handle(endpoint, controller_name, namespace).router, options=options)

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from serveplane.records import ReplicaInfo
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,13 +38,26 @@ def rendezvous_rank(key: str, replicas: Sequence[ReplicaInfo]) -> list[ReplicaIn
     return sorted(replicas, key=lambda r: stable_hash(f"{key}|{r.actor_name}"), reverse=True)
 
 
+def rendezvous_pick(key: str, replicas: Sequence[ReplicaInfo]) -> ReplicaInfo:
+    """``rendezvous_rank(key, replicas)[0]`` without sorting."""
+    return max(replicas, key=lambda r: stable_hash(f"{key}|{r.actor_name}"))
+
+
+NO_REQUEST = RequestInfo("", "", None)  # given to built-in policies that ignore the request
+
+
 class Router:
     """Base class for replica-choice policies; subclass it and override ``choose``.
 
+    ``choose(replicas, request)`` gets the replicas of the chosen backend that have a free
+    slot (never an empty list) and a ``RequestInfo``; it returns one of them.
     ``self.load(replica)`` gives the requests this process has in flight on a replica.
+    Requests with a session id never reach a policy (see the module docstring).
     """
 
     name = "custom"
+    uses_request = True   # built-ins that ignore the request skip building a RequestInfo
+    hashes_keys = False   # True: a request with a shard key must go to its rendezvous replica
 
     def __init__(self) -> None:
         self.load: Callable[[ReplicaInfo], int] = lambda replica: 0
@@ -52,6 +68,7 @@ class Router:
 
 class RoundRobinRouter(Router):
     name = "round_robin"
+    uses_request = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -63,6 +80,7 @@ class RoundRobinRouter(Router):
 
 class LeastLoadedRouter(Router):
     name = "least_loaded"
+    uses_request = False
 
     def choose(self, replicas: Sequence[ReplicaInfo], request: RequestInfo) -> ReplicaInfo:
         load = self.load
@@ -72,6 +90,7 @@ class LeastLoadedRouter(Router):
 
 class PowerOfTwoRouter(Router):
     name = "power_of_two"
+    uses_request = False
 
     def choose(self, replicas: Sequence[ReplicaInfo], request: RequestInfo) -> ReplicaInfo:
         if len(replicas) == 1:
@@ -84,6 +103,7 @@ class ConsistentHashRouter(Router):
     """Rendezvous hashing on the session/shard key; least loaded without a key."""
 
     name = "consistent_hash"
+    hashes_keys = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -93,7 +113,7 @@ class ConsistentHashRouter(Router):
         if request.key is None:
             self._fallback.load = self.load
             return self._fallback.choose(replicas, request)
-        return rendezvous_rank(request.key, replicas)[0]
+        return rendezvous_pick(request.key, replicas)
 
 
 POLICIES: dict[str, type[Router]] = {
@@ -102,16 +122,29 @@ POLICIES: dict[str, type[Router]] = {
 
 
 def make_policy(name: str, blob: bytes | None = None) -> Router:
-    if blob is not None:
-        import cloudpickle
+    """The policy an endpoint names; an unusable one falls back to round robin (logged),
+    so a bad update never stops the data path."""
+    try:
+        if blob is not None:
+            import cloudpickle
 
-        cls: Any = cloudpickle.loads(blob)
-        policy = cls()
-        if not isinstance(policy, Router):
-            # duck-typed user class: give it the same load accessor
-            policy.load = lambda replica: 0
-        return policy
-    return POLICIES[name]()
+            policy = cloudpickle.loads(blob)
+            if isinstance(policy, type):
+                policy = policy()
+            if not callable(getattr(policy, "choose", None)):
+                raise TypeError(f"{type(policy).__name__} has no choose(replicas, request) method")
+            if not isinstance(policy, Router):
+                # duck-typed user class: give it what the base class provides
+                for attr, default in (("load", lambda replica: 0), ("uses_request", True),
+                                      ("hashes_keys", False)):
+                    if not hasattr(policy, attr):
+                        setattr(policy, attr, default)
+            return policy
+        return POLICIES[name]()
+    except Exception as exc:  # noqa: BLE001 - logged; requests keep flowing
+        logger.error("router policy %r cannot be used (%s); using round_robin; known policies: %s",
+                     name, exc, ", ".join(sorted(POLICIES)))
+        return RoundRobinRouter()
 
 
 def weighted_pick(traffic: dict[str, float], u: float) -> str:
@@ -126,7 +159,8 @@ def weighted_pick(traffic: dict[str, float], u: float) -> str:
         acc += weight
         if u < acc:
             return tag
-    assert last is not None, "traffic has no backend with weight > 0"
+    if last is None:
+        raise ValueError(f"traffic {traffic!r} has no backend with a weight > 0")
     return last
 
 

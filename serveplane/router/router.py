@@ -1,17 +1,23 @@
 """``EndpointRouter``: one per endpoint per process; the hot path of every request.
 
 Invariants:
-- one Ray actor call per request; the controller is never on the way;
+- one actor call per request (through the ``Transport``); the controller is never on
+  the way;
 - a replica never has more than ``max_concurrent_queries`` requests from this router;
-  when all are full, requests wait in this router's queue (bound to no replica), and past
-  ``max_queued_requests`` they fail at once with ``BackPressureError``;
+  when all are full, requests wait in this router's FIFO queue (bound to no replica) and
+  past ``max_queued_requests`` they fail at once with ``BackPressureError``. A freed slot
+  is handed to the first waiting request that may use it, under the lock, so a new
+  request never overtakes a queued one;
 - a replica seen dead leaves this router's set at once, and a later update that still
   lists it does not bring it back;
+- a request whose replica died is retried elsewhere (``max_retries``, not at all when
+  ``idempotent=False``); a request whose *argument* died (a ``Response`` passed in) waits
+  for that argument's own retry and is sent again with the final ``ObjectRef``;
 - shadows are fired without waiting and never change or delay the primary answer.
 
-Config arrives through a ``ConfigSource``; callbacks swap whole immutable values under a
-short lock. Picking a replica is synchronous; only waiting is async (on the caller's loop,
-or on one background loop per process for sync callers).
+Config arrives through a ``ConfigSource`` on any thread; callbacks swap whole immutable
+values under a short lock. Picking is synchronous and runs on the caller's thread; only
+waiting is async (on the caller's loop, or on the background loop for sync callers).
 """
 
 from __future__ import annotations
@@ -19,119 +25,158 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
+import itertools
 import logging
 import random
 import threading
 import time
 import uuid
+import weakref
 from typing import TYPE_CHECKING, Any
-
-import ray
 
 from serveplane.config import BackendConfig
 from serveplane.exceptions import BackPressureError, NoReplicasError, ReplicaDiedError
 from serveplane.records import BackendInfo, EndpointInfo, ReplicaInfo, RequestMetadata, keys
+from serveplane.router import loop as loops
 from serveplane.router.policies import (
+    NO_REQUEST,
     RequestInfo,
     Router,
     key_fraction,
     make_policy,
-    rendezvous_rank,
+    rendezvous_pick,
     weighted_pick,
 )
-from serveplane.router.stats import RouterStats, ShadowOutcome, ShadowStats
+from serveplane.router.batcher import Batcher
+from serveplane.router.reporter import report_replica_died
+from serveplane.router.shadows import fire_shadows
+from serveplane.router.stats import RouterStats
+from serveplane.router.transport import RAY_TRANSPORT, Failure, Transport
 
 if TYPE_CHECKING:
-    from serveplane.router.handle import Response
+    from serveplane.router.response import Response
+    from serveplane.router.source import ConfigSource
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = BackendConfig()
 MAX_TRACKED_SESSIONS = 100_000
-DEAD_ERRORS = (ray.exceptions.RayActorError,)
+UNKNOWN_BACKEND = ""  # queue key of requests that wait for the endpoint's config
+
+
+class _Waiter:
+    """A queued request and the future its routing coroutine sleeps on.
+
+    The future gets a ``ReplicaInfo`` whose slot is already taken for the request (a
+    hand-over), or ``None``: "something changed, look again".
+    """
+
+    __slots__ = ("request", "loop", "future")
+
+    def __init__(self, request: Response, loop: asyncio.AbstractEventLoop) -> None:
+        self.request = request
+        self.loop = loop
+        self.future: asyncio.Future = loop.create_future()
 
 
 class EndpointRouter:
-    def __init__(self, endpoint: str, source: Any, controller_name: str | None = None,
-                 namespace: str | None = None) -> None:
+    def __init__(self, endpoint: str, source: ConfigSource, *, transport: Transport = RAY_TRANSPORT,
+                 controller_name: str | None = None, namespace: str | None = None) -> None:
         self.endpoint = endpoint
         self.router_id = f"{endpoint}:{uuid.uuid4().hex[:8]}"
-        self.controller_name = controller_name
-        self.namespace = namespace
+        self.controller_name = controller_name or getattr(source, "controller_name", None)
+        self.namespace = namespace or getattr(source, "namespace", None)
+        self.transport = transport
+        self.stats = RouterStats()
+        self.stats_lock = threading.Lock()  # shadow counters, updated on callback threads
         self._source = source
         self._lock = threading.Lock()
+        self._request_ids = itertools.count()
         self._info: EndpointInfo | None = None
+        self._only_backend: str | None = None  # the one backend with weight > 0, if so
         self._policy: Router = make_policy("round_robin")
         self._policy_key: tuple[str, bytes | None] = ("round_robin", None)
         self._replicas: dict[str, tuple[ReplicaInfo, ...]] = {}
         self._configs: dict[str, BackendConfig] = {}
-        self._in_flight: dict[str, int] = collections.defaultdict(int)
+        self._in_flight: collections.defaultdict[str, int] = collections.defaultdict(int)
         self._dead: set[str] = set()
         self._live_cache: dict[str, list[ReplicaInfo]] = {}
-        self._controller: Any = None
-        self._queued: dict[str, int] = collections.defaultdict(int)
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
+        self._queued: collections.defaultdict[str, int] = collections.defaultdict(int)
+        self._queue: collections.deque[_Waiter] = collections.deque()
         self._sessions: collections.OrderedDict[str, str] = collections.OrderedDict()
+        # requests holding a slot; weak, so one dropped unread is freed by its __del__
+        self._running: weakref.WeakSet[Response] = weakref.WeakSet()
+        self._batcher = Batcher(self)
         self._subscriptions: dict[str, Any] = {}
-        self._batches: dict[str, list[Response]] = {}  # method -> requests waiting for a batch
-        self.batch_sizes: collections.deque[int] = collections.deque(maxlen=1000)
-        self.stats = RouterStats()
         self._policy.load = self._load
-        self._subscriptions[keys.endpoint(endpoint)] = source.subscribe(
-            keys.endpoint(endpoint), self._on_endpoint)
+        self._subscribe(keys.endpoint(endpoint), self._on_endpoint)
+
+    def next_request_id(self) -> str:
+        return f"{self.router_id}:{next(self._request_ids)}"
+
+    @property
+    def endpoint_info(self) -> EndpointInfo | None:
+        return self._info
+
+    @property
+    def source(self) -> ConfigSource:
+        return self._source
 
     # -- config updates (any thread) ----------------------------------------------------
+    def _subscribe(self, key: str, callback: Any) -> None:
+        if key not in self._subscriptions:
+            self._subscriptions[key] = None  # reserved before a synchronous first callback
+            self._subscriptions[key] = self._source.subscribe(key, callback)
+
     def _on_endpoint(self, info: EndpointInfo | None) -> None:
+        policy = None
+        if info is not None and (info.router, info.router_blob) != self._policy_key:
+            policy = make_policy(info.router, info.router_blob)  # user code: outside the lock
+            policy.load = self._load
         with self._lock:
             self._info = info
-            if info is not None:
-                policy_key = (info.router, info.router_blob)
-                if policy_key != self._policy_key:
-                    self._policy = make_policy(info.router, info.router_blob)
-                    self._policy.load = self._load
-                    self._policy_key = policy_key
-            wanted = set(info.traffic) | set(info.shadows) if info is not None else set()
-            self._wake_locked()
-        self._follow_backends(wanted)
+            weighted = [b for b, w in info.traffic.items() if w > 0] if info is not None else []
+            self._only_backend = weighted[0] if len(weighted) == 1 else None
+            if info is not None and policy is not None:
+                self._policy = policy
+                self._policy_key = (info.router, info.router_blob)
+            self._wake_all_locked()
+        if info is not None:
+            for backend in sorted(set(info.traffic) | set(info.shadows)):
+                self._subscribe(keys.replicas(backend), self._replicas_callback(backend))
+                self._subscribe(keys.backend_config(backend), self._config_callback(backend))
 
-    def _follow_backends(self, wanted: set[str]) -> None:
-        for backend in wanted:
-            for key, cb in ((keys.replicas(backend), self._replicas_cb(backend)),
-                            (keys.backend_config(backend), self._config_cb(backend))):
-                if key not in self._subscriptions:
-                    self._subscriptions[key] = None  # reserve before a synchronous callback
-                    self._subscriptions[key] = self._source.subscribe(key, cb)
-
-    def _replicas_cb(self, backend: str) -> Any:
+    def _replicas_callback(self, backend: str) -> Any:
         def on_replicas(replicas: tuple[ReplicaInfo, ...] | None) -> None:
+            replicas = tuple(replicas or ())
             with self._lock:
-                replicas = tuple(replicas or ())
-                names = {r.actor_name for r in replicas}
-                # forget dead replicas the controller has also dropped; keep hiding the others
-                self._dead &= names | {n for b, rs in self._replicas.items() if b != backend
-                                       for n in (r.actor_name for r in rs)}
+                listed = {r.actor_name for b, rs in self._replicas.items() if b != backend for r in rs}
+                listed.update(r.actor_name for r in replicas)
+                self._dead &= listed  # forget the dead the controller dropped; hide the others
                 self._replicas[backend] = replicas
                 self._live_cache.clear()
-                self._wake_locked()
+                self._wake_all_locked()
         return on_replicas
 
-    def _config_cb(self, backend: str) -> Any:
+    def _config_callback(self, backend: str) -> Any:
         def on_config(info: BackendInfo | None) -> None:
             with self._lock:
                 if info is None:
                     self._configs.pop(backend, None)
                 else:
                     self._configs[backend] = info.config
-                self._wake_locked()
+                self._wake_all_locked()
         return on_config
 
     def close(self) -> None:
+        """Stop following config (the router's client shut down)."""
         for token in self._subscriptions.values():
             if token is not None:
                 self._source.unsubscribe(token)
         self._subscriptions.clear()
 
-    # -- picking (under the lock) ---------------------------------------------------------
+    # -- picking (under the lock) -----------------------------------------------------------
     def _load(self, replica: ReplicaInfo) -> int:
         return self._in_flight[replica.actor_name]
 
@@ -146,292 +191,448 @@ class EndpointRouter:
             self._live_cache[backend] = live
         return live
 
-    def _choose_backend(self, request: Response) -> str | None:
-        info = self._info
-        if info is None:
-            return None
-        key = request.session_id or request.shard_key
-        u = key_fraction(key) if key is not None else random.random()
-        return weighted_pick(info.traffic, u)
+    def _backend_for(self, request: Response) -> str | None:
+        if request.backend is None:
+            if self._only_backend is not None:
+                request.backend = self._only_backend
+                return request.backend
+            info = self._info
+            if info is None or not info.traffic:
+                return None
+            key = request.session_id or request.shard_key
+            request.backend = weighted_pick(info.traffic,
+                                            key_fraction(key) if key is not None else random.random())
+        return request.backend
+
+    def _pinned(self, request: Response, replicas: list[ReplicaInfo]) -> ReplicaInfo | None:
+        """The one replica a keyed request must use (sessions; shard keys under consistent_hash)."""
+        if request.session_id is not None:
+            return rendezvous_pick(request.session_id, replicas)
+        if request.shard_key is not None and self._policy.hashes_keys:
+            return rendezvous_pick(request.shard_key, replicas)
+        return None
 
     def _try_pick(self, request: Response) -> ReplicaInfo | None:
-        if request.backend is None:
-            request.backend = self._choose_backend(request)
-            if request.backend is None:
-                return None
-        replicas = self._live(request.backend)
+        """Claim a slot on a replica for ``request``, or ``None`` if it must wait."""
+        backend = request.backend or self._backend_for(request)
+        if backend is None:
+            return None
+        replicas = self._live_cache.get(backend)
+        if replicas is None:
+            replicas = self._live(backend)
         if not replicas:
             return None
-        limit = self._config(request.backend).max_concurrent_queries
+        limit = self._config(backend).max_concurrent_queries
         in_flight = self._in_flight
-        sid = request.session_id
-        if sid is not None:
-            chosen = rendezvous_rank(sid, replicas)[0]
+        chosen = None
+        if request.session_id is not None or request.shard_key is not None:
+            chosen = self._pinned(request, replicas)
+        if chosen is not None:
             if in_flight[chosen.actor_name] >= limit:
                 return None
-            previous = self._sessions.get(sid)
-            if previous is not None and previous != chosen.actor_name:
-                self.stats.session_moves += 1
-            self._sessions[sid] = chosen.actor_name
-            self._sessions.move_to_end(sid)
-            if len(self._sessions) > MAX_TRACKED_SESSIONS:
-                self._sessions.popitem(last=False)
+            if request.session_id is not None:
+                self._track_session(request.session_id, chosen)
         else:
-            free = replicas if all(in_flight[r.actor_name] < limit for r in replicas) else \
-                [r for r in replicas if in_flight[r.actor_name] < limit]
+            free = [r for r in replicas if in_flight[r.actor_name] < limit]
             if not free:
                 return None
-            chosen = free[0] if len(free) == 1 else self._policy.choose(
-                free, RequestInfo(self.endpoint, request.method_name, request.shard_key, request.args))
-        in_flight[chosen.actor_name] += 1
+            policy = self._policy
+            chosen = free[0] if len(free) == 1 else policy.choose(
+                free, self._request_info(request) if policy.uses_request else NO_REQUEST)
+        self._claim_locked(request, chosen)
         return chosen
 
-    def _wake_locked(self) -> None:
-        if self._waiters:
-            waiters, self._waiters = self._waiters, []
-            for loop, fut in waiters:
-                try:
-                    loop.call_soon_threadsafe(_resolve, fut)
-                except RuntimeError:
-                    pass  # that loop is closed
+    def _claim_locked(self, request: Response, replica: ReplicaInfo) -> None:
+        self._in_flight[replica.actor_name] += 1
+        request.replica = replica
+        request.released = False
+        request.watched = False
+        self._running.add(request)
+
+    def _request_info(self, request: Response) -> RequestInfo:
+        return RequestInfo(self.endpoint, request.method_name, request.session_id or request.shard_key,
+                           request.args)
+
+    def _track_session(self, session_id: str, replica: ReplicaInfo) -> None:
+        previous = self._sessions.get(session_id)
+        if previous != replica.actor_name:
+            if previous is not None:
+                self.stats.session_moves += 1
+            self._sessions[session_id] = replica.actor_name
+        self._sessions.move_to_end(session_id)
+        if len(self._sessions) > MAX_TRACKED_SESSIONS:
+            self._sessions.popitem(last=False)
+
+    def _fits(self, request: Response, replica: ReplicaInfo) -> bool:
+        """May ``request`` (queued) take a freed slot of ``replica``?"""
+        if self._backend_for(request) != replica.backend:
+            return False
+        if request.session_id is not None or request.shard_key is not None:
+            pinned = self._pinned(request, self._live(replica.backend))
+            if pinned is not None and pinned.actor_name != replica.actor_name:
+                return False
+        if request.session_id is not None:
+            self._track_session(request.session_id, replica)
+        return True
+
+    # -- slots and the queue (under the lock) ----------------------------------------------------
+    def _release_locked(self, request: Response, hand_over: bool = True) -> None:
+        """Free ``request``'s slot, once."""
+        replica = request.replica
+        if request.released or replica is None:
+            return
+        request.released = True
+        self._running.discard(request)
+        if hand_over:
+            self._free_slot_locked(replica)
+        else:
+            self._in_flight[replica.actor_name] -= 1
+
+    def _free_slot_locked(self, replica: ReplicaInfo) -> None:
+        """One slot of ``replica`` is free: hand it to the first queued request that may use it."""
+        name = replica.actor_name
+        self._in_flight[name] -= 1
+        if not self._queue or name in self._dead:
+            return
+        if self._in_flight[name] >= self._config(replica.backend).max_concurrent_queries:
+            return  # the limit went down meanwhile
+        if not any(r.actor_name == name for r in self._live(replica.backend)):
+            return
+        for waiter in self._queue:
+            if waiter.future.done():
+                continue  # timed out or cancelled; its coroutine removes it
+            if self._fits(waiter.request, replica):
+                self._queue.remove(waiter)
+                self._claim_locked(waiter.request, replica)
+                _call_soon(waiter.loop, self._hand_over, waiter, replica)
+                return
+
+    def _hand_over(self, waiter: _Waiter, replica: ReplicaInfo | None) -> None:
+        """On the waiter's loop. A slot that arrives too late goes back (to the next one)."""
+        if not waiter.future.done():
+            waiter.future.set_result(replica)
+        elif replica is not None:
+            with self._lock:
+                self._release_locked(waiter.request)
+
+    def _wake_all_locked(self) -> None:
+        """Replicas, config or traffic changed: every queued request looks again."""
+        while self._queue:
+            waiter = self._queue.popleft()
+            _call_soon(waiter.loop, self._hand_over, waiter, None)
+
+    def _reserve_queue_slot(self, request: Response) -> None:
+        backend = request.backend or UNKNOWN_BACKEND
+        limit = self._config(backend).max_queued_requests
+        queued = self._queued[backend]
+        if queued >= limit:
+            self.stats.back_pressure_rejections += 1
+            raise BackPressureError(
+                f"endpoint {self.endpoint!r} has {queued} requests queued for backend "
+                f"{backend or '(not yet known)'!r}, the limit (max_queued_requests) is {limit}; "
+                "every replica is at max_concurrent_queries: retry later or add replicas")
+        self._queued[backend] += 1
+        request.queued_under = backend
+
+    def _unreserve_locked(self, request: Response) -> None:
+        if request.queued_under is not None:
+            self._queued[request.queued_under] -= 1
+            request.queued_under = None
+
+    def _unwatched_locked(self) -> list[Response]:
+        """Requests in flight whose completion nobody may look at soon.
+
+        A slot is normally freed when the caller reads the answer (``ray.get`` or ``await``
+        on the caller's thread: no extra callback per request). Once requests queue, a slot
+        must not wait for a caller that reads later (or never): every request in flight
+        then gets a completion callback that frees its slot.
+        """
+        todo = [r for r in self._running if not r.watched and r.ref is not None]
+        for request in todo:
+            request.watched = True
+        return todo
+
+    def _watch(self, requests: list[Response]) -> None:
+        for request in requests:
+            ref = request.ref
+            if ref is not None:
+                self.transport.on_completed(ref, functools.partial(self._completed, request, ref))
+
+    def _completed(self, request: Response, ref: Any, value: Any) -> None:
+        """A watched attempt completed (on the transport's callback thread)."""
+        if request.ref is not ref:
+            return  # an old attempt
+        if isinstance(value, BaseException) and request.replica is not None and \
+                self.transport.classify(value, request.replica) is not Failure.APPLICATION:
+            # retry now, even if nobody reads the answer yet: the loop decides
+            loops.background_loop().call_soon_threadsafe(self.on_failure, request, value, ref)
+            return
+        with self._lock:
+            self._release_locked(request)
 
     # -- the request path --------------------------------------------------------------------
     def submit(self, request: Response) -> None:
-        """Route now if a replica is free; else queue (or refuse with back-pressure)."""
+        """Send now if a replica is free; else queue (or refuse with back-pressure)."""
         info = self._info
-        if info is not None and info.batch_size and request.session_id is None:
-            self._add_to_batch(request, info.batch_size, info.batch_timeout_s)
+        if info is not None and info.batch_size and request.session_id is None and not request.deps:
+            self._batcher.add(request, info.batch_size, info.batch_timeout_s)
+            return
+        if request.deps and any(dep.ref is None for dep in request.deps):
+            # an argument is still queued: route once it has a replica (never blocks here)
+            request.waiting = loops.start(self._route_waiting(request, reserved=False),
+                                          f"serveplane-route-{request.request_id}")
             return
         with self._lock:
             replica = self._try_pick(request)
             if replica is None:
                 self._reserve_queue_slot(request)
+                unwatched = self._unwatched_locked()
         if replica is not None:
-            self._send(request, replica)
-            self._fire_shadows(request)
-            return
-        request.start_waiting(self._route_queued(request, reserved=True))
+            self._send(request)
+        else:
+            self._watch(unwatched)
+            request.waiting = loops.start(self._route_waiting(request, reserved=True),
+                                          f"serveplane-route-{request.request_id}")
 
-    # -- router-side batching -------------------------------------------------------------
-    def _add_to_batch(self, request: Response, size: int, timeout_s: float) -> None:
-        """Gather stateless calls of one method; one actor call carries the whole batch."""
-        request._waiting = concurrent.futures.Future()
-        method = request.method_name
-        with self._lock:
-            batch = self._batches.get(method)
-            if batch is None:
-                batch = self._batches[method] = []
-                if size > 1:
-                    loop = _background_loop()
-                    loop.call_soon_threadsafe(loop.call_later, timeout_s, self._flush, method, batch)
-            batch.append(request)
-            full = len(batch) >= size
-            if full:
-                del self._batches[method]
-        if full:
-            self._dispatch(batch)
+    def route_later(self, request: Response) -> Any:
+        """Route ``request`` on the caller's loop (or the background loop) when it can."""
+        return loops.start(self._route_waiting(request, reserved=False),
+                           f"serveplane-route-{request.request_id}")
 
-    def _flush(self, method: str, batch: list[Response]) -> None:
-        with self._lock:
-            if self._batches.get(method) is not batch:
-                return  # already dispatched when it filled up
-            del self._batches[method]
-        self._dispatch(batch)
-
-    def _dispatch(self, batch: list[Response]) -> None:
-        first = batch[0]
-        with self._lock:
-            replica = self._try_pick(first)
-            if replica is not None:
-                self._in_flight[replica.actor_name] += len(batch) - 1
-        if replica is None:
-            # no free replica now: each request waits in the queue on its own
-            for request in batch:
-                waiter = request._waiting
-                request._waiting = None
-                request.start_waiting(self._route_queued(request, reserved=False))
-                waiter.set_result(None)
-            return
-        meta = RequestMetadata(first.request_id, self.endpoint, first.method_name)
-        try:
-            ref = replica.actor_handle.handle_batch.remote(
-                meta, [request.resolved_args() for request in batch])
-        except Exception as exc:  # noqa: BLE001 - every caller of the batch gets it
-            for request in batch:
-                self.release(replica)
-                request._waiting.set_exception(exc)
-            return
-        now = time.monotonic()
-        self.batch_sizes.append(len(batch))
-        for index, request in enumerate(batch):
-            request.backend = replica.backend
-            request.replica = replica
-            request.ref = ref
-            request.batch_index = index
-            request.attempts = 1
-            self.stats.record_request(replica.backend, now)
-            request._waiting.set_result(None)
-        for request in batch:
-            self._fire_shadows(request)  # shadows go one by one; they never join the batch
-
-    def _reserve_queue_slot(self, request: Response) -> None:
-        backend = request.backend or ""
-        limit = self._config(backend).max_queued_requests if backend else DEFAULT_CONFIG.max_queued_requests
-        queued = sum(self._queued.values())
-        if queued >= limit:
-            self.stats.back_pressure_rejections += 1
-            raise BackPressureError(
-                f"endpoint {self.endpoint!r} has {queued} requests queued, the limit "
-                f"(max_queued_requests of backend {backend!r}) is {limit}; retry later")
-        self._queued[backend] += 1
-        request.queued_under = backend
-
-    async def _route_queued(self, request: Response, reserved: bool) -> None:
+    async def _route_waiting(self, request: Response, reserved: bool, settle_deps: bool = False) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + request.timeout_s
+        replica: ReplicaInfo | None = None
+        waiter: _Waiter | None = None
         try:
+            for dep in request.deps:
+                if settle_deps:
+                    await dep  # its own retries run; its error becomes ours
+                elif dep.ref is None:
+                    await dep.routed()
             while True:
+                remaining = deadline - loop.time()
                 with self._lock:
+                    info = self._info
+                    if request.backend is not None and info is not None and \
+                            request.backend not in info.traffic:
+                        request.backend = None  # traffic moved while it waited
                     replica = self._try_pick(request)
-                    if replica is None:
+                    if replica is None and remaining > 0:
                         if not reserved:
-                            self._queued[request.backend or ""] += 1
-                            request.queued_under = request.backend or ""
+                            self._queued[request.backend or UNKNOWN_BACKEND] += 1
+                            request.queued_under = request.backend or UNKNOWN_BACKEND
                             reserved = True
-                        fut = loop.create_future()
-                        self._waiters.append((loop, fut))
+                        waiter = _Waiter(request, loop)
+                        self._queue.append(waiter)
+                        unwatched = self._unwatched_locked()
                 if replica is not None:
                     break
-                remaining = deadline - loop.time()
-                if remaining <= 0:
+                if waiter is None:
                     raise NoReplicasError(
-                        f"no replica of endpoint {self.endpoint!r} (backend {request.backend!r}) "
-                        f"became available within {request.timeout_s:.0f}s")
+                        f"no replica of endpoint {self.endpoint!r} (backend "
+                        f"{request.backend or '(not yet known)'!r}) had a free slot within "
+                        f"{request.timeout_s:g}s; check that the backend has running replicas")
+                self._watch(unwatched)
+                timer = loop.call_later(remaining, _expire, waiter.future)
                 try:
-                    await asyncio.wait_for(fut, timeout=remaining)
-                except asyncio.TimeoutError:
-                    pass
+                    replica = await waiter.future
+                finally:
+                    timer.cancel()
+                    self._forget(waiter)
+                waiter = None
+                if replica is not None:
+                    break
+        except BaseException:
+            if waiter is not None:
+                self._forget(waiter)
+                if _handed_over(waiter.future) is not None:
+                    with self._lock:  # cancelled just after a slot was handed over: give it back
+                        self._release_locked(request)
+            raise
         finally:
             if reserved:
                 with self._lock:
-                    under = request.queued_under if request.queued_under is not None else ""
-                    self._queued[under] -= 1
-                    request.queued_under = None
-        self._send(request, replica)
-        if request.attempts == 1:
-            self._fire_shadows(request)
+                    self._unreserve_locked(request)
+        self._send(request)
 
-    def _send(self, request: Response, replica: ReplicaInfo) -> None:
-        request.replica = replica
+    def _forget(self, waiter: _Waiter) -> None:
+        with self._lock:
+            try:
+                self._queue.remove(waiter)
+            except ValueError:
+                pass  # handed over or woken already
+
+    def _send(self, request: Response) -> None:
+        """One actor call on the replica ``request`` has claimed."""
+        replica = request.replica
+        assert replica is not None
         request.attempts += 1
         meta = RequestMetadata(request.request_id, self.endpoint, request.method_name,
                                request.session_id, request.shard_key)
-        args, kwargs = request.resolved_args()
+        if request.deps:
+            args, kwargs = request.resolved_args()
+        else:
+            args, kwargs = request.args, request.kwargs
         try:
-            request.ref = replica.actor_handle.handle_request.remote(meta, *args, **kwargs)
-        except Exception:
-            self.release(replica)
+            request.ref = self.transport.send(replica, meta, args, kwargs)
+        except BaseException:
+            with self._lock:
+                self._release_locked(request)
             raise
-        self.stats.record_request(replica.backend, time.monotonic())
+        self.stats.requests[replica.backend] += 1
+        if self._queue:
+            with self._lock:
+                unwatched = self._unwatched_locked()
+            self._watch(unwatched)
+        if request.attempts == 1:
+            info = self._info
+            if info is not None and info.shadows:
+                fire_shadows(self, request, info.shadows, args, kwargs)
 
-    def release(self, replica: ReplicaInfo) -> None:
+    def finish(self, request: Response) -> None:
+        """The caller read the answer (value or application error): free the slot, once."""
         with self._lock:
-            self._in_flight[replica.actor_name] -= 1
-            if self._waiters:
-                self._wake_locked()
+            request.done = True
+            self._release_locked(request)
 
-    def on_dead(self, request: Response, error: BaseException) -> None:
-        """The replica running ``request`` died: hide it, then retry or give up."""
-        replica = request.replica
-        assert replica is not None
+    def on_failure(self, request: Response, error: BaseException, failed_ref: Any) -> BaseException | None:
+        """Decide what a failed attempt means, then act.
+
+        Returns the error the caller gets, or ``None`` when the request goes on (it is being
+        re-routed: wait for ``request.waiting``). Safe to call from every awaiter of the same
+        request: only the first one that reports an attempt acts on it.
+        """
         with self._lock:
-            self._in_flight[replica.actor_name] -= 1
-            if any(r.actor_name == replica.actor_name for r in self._replicas.get(replica.backend, ())):
+            if request.done:
+                return request.failure or error
+            if request.ref is not failed_ref:
+                return None  # another awaiter already re-routed this attempt
+            replica = request.replica
+            kind = self.transport.classify(error, replica) if replica is not None else Failure.APPLICATION
+            if kind is Failure.DEPENDENCY_DIED and not request.deps:
+                kind = Failure.APPLICATION  # e.g. the user's own nested call hit a dead actor
+            if kind is Failure.APPLICATION:
+                request.done = True
+                self._release_locked(request)
+                return error
+            assert replica is not None
+            config = self._config(replica.backend)
+            if kind is Failure.REPLICA_DIED:
+                self._release_locked(request, hand_over=False)
+                self._hide_locked(replica)
+            else:
+                self._release_locked(request)
+            retries_done = request.attempts - 1
+            if kind is Failure.REPLICA_DIED and not config.idempotent:
+                why = "the backend is configured idempotent=False"
+            elif retries_done >= config.max_retries:
+                why = f"it was retried {retries_done} times (max_retries={config.max_retries})"
+            else:
+                why = None
+            if why is not None:
+                request.done = True
+                if kind is Failure.DEPENDENCY_DIED:
+                    request.failure = error
+                else:
+                    request.failure = ReplicaDiedError(
+                        f"replica {replica.actor_name} died while running a request of endpoint "
+                        f"{self.endpoint!r}; not retried because {why}")
+                    request.failure.__cause__ = error
+                return request.failure
+            self.stats.retries += 1
+            placeholder: concurrent.futures.Future = concurrent.futures.Future()
+            request.waiting = placeholder  # before ref=None: awaiters never see neither
+            request.previous_ref = failed_ref
+            request.ref = None
+            request.replica = None
+            request.batch_index = None  # retried on its own
+        self._reroute(request, placeholder, settle_deps=kind is Failure.DEPENDENCY_DIED)
+        return None
+
+    def _reroute(self, request: Response, placeholder: concurrent.futures.Future,
+                 settle_deps: bool) -> None:
+        if not settle_deps:
+            try:
+                with self._lock:
+                    replica = self._try_pick(request)
+                if replica is not None:
+                    self._send(request)
+                    placeholder.set_result(None)
+                    return
+            except BaseException as exc:  # noqa: BLE001 - the awaiters get it
+                placeholder.set_exception(exc)
+                return
+        routing = loops.start(self._route_waiting(request, reserved=False, settle_deps=settle_deps),
+                              f"serveplane-retry-{request.request_id}")
+        routing.add_done_callback(lambda done: loops.copy_outcome(done, placeholder))
+
+    def _hide_locked(self, replica: ReplicaInfo) -> None:
+        if any(r.actor_name == replica.actor_name for r in self._replicas.get(replica.backend, ())):
+            if replica.actor_name not in self._dead:
                 self._dead.add(replica.actor_name)
                 self._live_cache.clear()
-            self._wake_locked()
-        self._report_failure(replica)
-        config = self._config(replica.backend)
-        retries_done = request.attempts - 1
-        if not config.idempotent or retries_done >= config.max_retries:
-            why = ("the backend is configured idempotent=False" if not config.idempotent
-                   else f"it was retried {retries_done} times (max_retries={config.max_retries})")
-            raise ReplicaDiedError(
-                f"replica {replica.actor_name} died while running a request of endpoint "
-                f"{self.endpoint!r}; not retried because {why}") from error
-        self.stats.retries += 1
-        request.ref = None
-        request.replica = None
-        request.batch_index = None  # retried on its own
+                logger.info("replica %s of endpoint %r died; routing around it",
+                            replica.actor_name, self.endpoint)
+                if self.controller_name is not None:
+                    report_replica_died(self.controller_name, self.namespace, replica.backend,
+                                        replica.actor_name)
+        self._wake_all_locked()
 
-    # -- shadows -------------------------------------------------------------------------------
-    def _fire_shadows(self, request: Response) -> None:
-        info = self._info
-        if info is None or not info.shadows:
-            return
-        for backend, proportion in info.shadows.items():
-            if random.random() >= proportion:
-                continue
-            stats = self.stats.shadows.setdefault(backend, ShadowStats())
-            stats.count += 1
-            with self._lock:
-                limit = self._config(backend).max_concurrent_queries
-                free = [r for r in self._live(backend) if self._in_flight[r.actor_name] < limit]
-                replica = min(free, key=self._load) if free else None
-                if replica is not None:
-                    self._in_flight[replica.actor_name] += 1
-            if replica is None:
-                stats.dropped += 1
-                continue
-            outcome = ShadowOutcome(stats, self._lock)
-            request.shadows.append(outcome)
-            meta = RequestMetadata(request.request_id, self.endpoint, request.method_name,
-                                   request.session_id, request.shard_key, is_shadow=True)
-            args, kwargs = request.resolved_args()
-            ref = replica.actor_handle.handle_request.remote(meta, *args, **kwargs)
+    def mark_dead(self, replica: ReplicaInfo) -> None:
+        with self._lock:
+            self._hide_locked(replica)
 
-            def done(value: Any, replica: ReplicaInfo = replica, outcome: ShadowOutcome = outcome) -> None:
-                self.release(replica)
-                outcome.on_shadow(value)
+    # -- used by the batcher and shadows ------------------------------------------------------
+    def claim_for_batch(self, batch: list[Response]) -> ReplicaInfo | None:
+        """One replica with a slot for the first request; the others ride along on it."""
+        with self._lock:
+            replica = self._try_pick(batch[0])
+            if replica is not None:
+                for request in batch[1:]:
+                    self._claim_locked(request, replica)
+            return replica
 
-            ref._on_completed(done)
+    def release(self, request: Response) -> None:
+        with self._lock:
+            self._release_locked(request)
 
-    # -- fanout --------------------------------------------------------------------------------
+    def claim_for_shadow(self, backend: str) -> ReplicaInfo | None:
+        """The least loaded replica of ``backend`` with a free slot, claimed; shadows never wait."""
+        with self._lock:
+            limit = self._config(backend).max_concurrent_queries
+            free = [r for r in self._live(backend) if self._in_flight[r.actor_name] < limit]
+            if not free:
+                return None
+            replica = min(free, key=self._load)
+            self._in_flight[replica.actor_name] += 1
+            return replica
+
+    def release_shadow(self, replica: ReplicaInfo) -> None:
+        with self._lock:
+            self._free_slot_locked(replica)
+
+    # -- fanout ----------------------------------------------------------------------------------
     def fanout_targets(self) -> list[ReplicaInfo]:
+        """Every live replica of the backends that currently get traffic."""
         with self._lock:
             info = self._info
             if info is None:
                 return []
-            return [r for backend, w in sorted(info.traffic.items()) if w > 0 for r in self._live(backend)]
+            return [r for backend, weight in sorted(info.traffic.items()) if weight > 0
+                    for r in self._live(backend)]
 
     def send_direct(self, replica: ReplicaInfo, method_name: str, args: tuple, kwargs: dict) -> Any:
-        meta = RequestMetadata(uuid.uuid4().hex, self.endpoint, method_name)
-        return replica.actor_handle.handle_request.remote(meta, *args, **kwargs)
-
-    def _report_failure(self, replica: ReplicaInfo) -> None:
-        """Tell the controller, which verifies and republishes the set to every router."""
-        if self.controller_name is None:
-            return
-        try:
-            if self._controller is None:
-                self._controller = ray.get_actor(self.controller_name, namespace=self.namespace)
-            self._controller.report_replica_failure.remote(replica.backend, replica.actor_name)
-        except Exception:  # noqa: BLE001 - the controller's own health check still catches it
-            self._controller = None
-
-    def mark_dead(self, replica: ReplicaInfo) -> None:
-        self._report_failure(replica)
-        with self._lock:
-            self._dead.add(replica.actor_name)
-            self._live_cache.clear()
-            self._wake_locked()
+        meta = RequestMetadata(self.next_request_id(), self.endpoint, method_name)
+        return self.transport.send(replica, meta, args, kwargs)
 
     def forget_session(self, session_id: str) -> None:
         with self._lock:
             self._sessions.pop(session_id, None)
 
-    # -- introspection ---------------------------------------------------------------------------
+    # -- introspection -----------------------------------------------------------------------------
     def load_report(self) -> dict[str, dict[str, float]]:
+        """Per backend: queued, in flight and request rate, for the controller's autoscaler."""
         now = time.monotonic()
         with self._lock:
             rates = self.stats.rates(now)
@@ -439,14 +640,14 @@ class EndpointRouter:
             for backend, replicas in self._replicas.items():
                 report[backend] = {
                     "queued": float(self._queued.get(backend, 0)),
-                    "in_flight": float(sum(self._in_flight[r.actor_name] for r in replicas)),
+                    "in_flight": float(sum(self._in_flight.get(r.actor_name, 0) for r in replicas)),
                     "rate": rates.get(backend, 0.0),
                 }
-            if self._queued.get(""):
-                # waiting before a backend could be chosen (no config yet)
-                for backend in (self._info.traffic if self._info else {}):
-                    report.setdefault(backend, {"queued": 0.0, "in_flight": 0.0, "rate": 0.0})
-                    report[backend]["queued"] += self._queued[""]
+            waiting = self._queued.get(UNKNOWN_BACKEND, 0)
+            if waiting and self._info is not None:
+                for backend in self._info.traffic:
+                    entry = report.setdefault(backend, {"queued": 0.0, "in_flight": 0.0, "rate": 0.0})
+                    entry["queued"] += waiting
             return report
 
     def statistics(self) -> dict[str, Any]:
@@ -455,33 +656,45 @@ class EndpointRouter:
             return {
                 "endpoint": self.endpoint,
                 "traffic": dict(info.traffic) if info else {},
+                "shadow_traffic": dict(info.shadows) if info else {},
+                "policy": self._policy_key[0],
                 "replicas": {b: [r.actor_name for r in self._live(b)] for b in self._replicas},
+                "dead_replicas": sorted(self._dead),
                 "in_flight": sum(self._in_flight.values()),
+                "in_flight_by_replica": {k: v for k, v in self._in_flight.items() if v},
                 "queued": sum(self._queued.values()),
-                "requests": self.stats.requests,
+                "requests": sum(self.stats.requests.values()),
+                "requests_by_backend": dict(self.stats.requests),
                 "retries": self.stats.retries,
                 "session_moves": self.stats.session_moves,
                 "sessions": len(self._sessions),
                 "back_pressure_rejections": self.stats.back_pressure_rejections,
-                "batches": len(self.batch_sizes),
-                "max_batch_size_seen": max(self.batch_sizes, default=0),
+                "batches": len(self._batcher.sizes),
+                "max_batch_size_seen": max(self._batcher.sizes, default=0),
                 "shadows": {b: s.as_dict() for b, s in self.stats.shadows.items()},
             }
 
     def __repr__(self) -> str:
         s = self.statistics()
-        backends = " ".join(f"{b}={w:g}" for b, w in sorted(s["traffic"].items()))
+        backends = " ".join(f"{b}={w:g}" for b, w in sorted(s["traffic"].items())) or "(no config)"
         running = sum(len(v) for v in s["replicas"].values())
         return (f"<Router {self.endpoint} [backends: {backends} | replicas: {running} running | "
                 f"in flight: {s['in_flight']} | queued: {s['queued']}]>")
 
 
-def _background_loop() -> asyncio.AbstractEventLoop:
-    from serveplane.router.handle import background_loop
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:
+        pass  # that loop is closed: its waiter is gone with it
 
-    return background_loop()
+
+def _expire(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
-def _resolve(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_result(None)
+def _handed_over(future: asyncio.Future) -> ReplicaInfo | None:
+    if future.done() and not future.cancelled():
+        return future.result()
+    return None

@@ -1,4 +1,9 @@
-"""Where a router gets its config: long-poll from the controller, or pushed by tests."""
+"""Where a router gets its config: long-poll from the controller, or pushed by tests.
+
+A router reads three kinds of keys (see ``serveplane.records.keys``): ``endpoint:<name>``,
+``replicas:<backend>`` and ``backend_config:<backend>``. Values are immutable records; a
+callback may run on any thread, and the router swaps whole values under its lock.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,22 @@ from typing import Any, Callable, Protocol
 
 
 class ConfigSource(Protocol):
-    def subscribe(self, key: str, callback: Callable[[Any], None]) -> Any: ...
-    def unsubscribe(self, token: Any) -> None: ...
+    def subscribe(self, key: str, callback: Callable[[Any], None]) -> Any:
+        """Call ``callback(value)`` with the current value (if known) and every later one."""
+
+    def unsubscribe(self, token: Any) -> None:
+        """Stop the subscription ``subscribe`` returned; idempotent."""
 
 
 class StaticSource:
-    """Tests push values with ``set``; callbacks run synchronously in the caller."""
+    """Values pushed by hand with ``set``; callbacks run synchronously in the caller.
 
-    def __init__(self) -> None:
-        self._values: dict[str, Any] = {}
+    Stands in for the controller in tests and benchmarks: ``set("replicas:b", (...))`` is
+    what a long-poll update would deliver.
+    """
+
+    def __init__(self, values: dict[str, Any] | None = None) -> None:
+        self._values: dict[str, Any] = dict(values or {})
         self._subs: dict[str, list[Callable[[Any], None]]] = {}
         self._lock = threading.Lock()
 
@@ -23,8 +35,12 @@ class StaticSource:
         with self._lock:
             self._values[key] = value
             subs = list(self._subs.get(key, ()))
-        for cb in subs:
-            cb(value)
+        for callback in subs:
+            callback(value)
+
+    def get(self, key: str) -> Any:
+        with self._lock:
+            return self._values.get(key)
 
     def subscribe(self, key: str, callback: Callable[[Any], None]) -> Any:
         with self._lock:
@@ -38,24 +54,39 @@ class StaticSource:
     def unsubscribe(self, token: Any) -> None:
         key, callback = token
         with self._lock:
-            if callback in self._subs.get(key, []):
-                self._subs[key].remove(callback)
+            subs = self._subs.get(key, [])
+            if callback in subs:
+                subs.remove(callback)
+
+    def __repr__(self) -> str:
+        with self._lock:
+            return f"<StaticSource keys: {', '.join(sorted(self._values)) or 'none'}>"
 
 
 class LongPollSource:
-    def __init__(self, controller_name: str, namespace: str) -> None:
-        from serveplane.long_poll import LongPollClient
+    """The process's shared ``LongPollClient`` for a controller (callbacks on its thread)."""
 
+    def __init__(self, controller_name: str, namespace: str | None) -> None:
         self.controller_name = controller_name
         self.namespace = namespace
-        self._client = LongPollClient.get_or_create(controller_name, namespace)
+        self._lock = threading.Lock()
+        self._client = self._current_client()
 
-    def subscribe(self, key: str, callback: Callable[[Any], None]) -> Any:
+    def _current_client(self) -> Any:
         from serveplane.long_poll import LongPollClient
 
-        if self._client._stopped:
-            self._client = LongPollClient.get_or_create(self.controller_name, self.namespace)
-        return self._client.subscribe(key, callback)
+        return LongPollClient.get_or_create(self.controller_name, self.namespace)
+
+    def subscribe(self, key: str, callback: Callable[[Any], None]) -> Any:
+        with self._lock:
+            if self._client.stopped:  # e.g. client.shutdown() stopped it; take the new one
+                self._client = self._current_client()
+            client = self._client
+        return client, client.subscribe(key, callback)
 
     def unsubscribe(self, token: Any) -> None:
-        self._client.unsubscribe(token)
+        client, subscription = token
+        client.unsubscribe(subscription)
+
+    def __repr__(self) -> str:
+        return f"<LongPollSource {self.controller_name!r} ns={self.namespace!r}>"

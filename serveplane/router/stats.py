@@ -13,7 +13,7 @@ RATE_WINDOW_S = 5.0
 
 @dataclass
 class ShadowStats:
-    count: int = 0
+    count: int = 0             # shadows decided by the proportion (sent + dropped)
     errors: int = 0
     dropped: int = 0           # no free replica: the shadow was skipped, never queued
     latency_total_s: float = 0.0
@@ -22,17 +22,18 @@ class ShadowStats:
     agreed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "errors": self.errors, "dropped": self.dropped,
+        return {"count": self.count, "sent": self.count - self.dropped, "dropped": self.dropped,
+                "completed": self.completed, "errors": self.errors,
                 "avg_latency_s": self.latency_total_s / self.completed if self.completed else 0.0,
                 "agreement": self.agreed / self.compared if self.compared else None,
-                "compared": self.compared}
+                "compared": self.compared, "agreed": self.agreed}
 
 
 class ShadowOutcome:
     """Pairs one shadow answer with its primary's, whichever finishes last compares."""
 
     __slots__ = ("stats", "lock", "started", "primary", "shadow", "primary_done", "shadow_done",
-                 "shadow_ok")
+                 "shadow_ok", "primary_ok")
 
     def __init__(self, stats: ShadowStats, lock: threading.Lock) -> None:
         self.stats = stats
@@ -43,6 +44,7 @@ class ShadowOutcome:
         self.primary_done = False
         self.shadow_done = False
         self.shadow_ok = False
+        self.primary_ok = False
 
     def on_shadow(self, value: Any) -> None:
         ok = not isinstance(value, BaseException)
@@ -57,10 +59,12 @@ class ShadowOutcome:
     def on_primary(self, value: Any) -> None:
         with self.lock:
             self.primary, self.primary_done = value, True
+            self.primary_ok = not isinstance(value, BaseException)
             self._compare()
 
     def _compare(self) -> None:
-        if self.primary_done and self.shadow_done and self.shadow_ok:
+        # only two answers can agree: a failed primary or shadow is counted, not compared
+        if self.primary_done and self.shadow_done and self.shadow_ok and self.primary_ok:
             self.stats.compared += 1
             try:
                 same = bool(self.primary == self.shadow)
@@ -72,22 +76,36 @@ class ShadowOutcome:
 
 @dataclass
 class RouterStats:
-    requests: int = 0
+    """Counters; mutated under the router's lock (or racing harmlessly on one int)."""
+
+    requests: collections.defaultdict = field(default_factory=lambda: collections.defaultdict(int))
     retries: int = 0
     session_moves: int = 0
     back_pressure_rejections: int = 0
     shadows: dict[str, ShadowStats] = field(default_factory=dict)
-    _recent: collections.deque = field(default_factory=collections.deque)
+    _last_rate_at: float = 0.0
+    _last_counts: dict[str, int] = field(default_factory=dict)
+    _last_rates: dict[str, float] = field(default_factory=dict)
 
-    def record_request(self, backend: str, now: float) -> None:
-        self.requests += 1
-        self._recent.append((now, backend))
+    def shadow(self, backend: str) -> ShadowStats:
+        stats = self.shadows.get(backend)
+        if stats is None:
+            stats = self.shadows[backend] = ShadowStats()
+        return stats
 
     def rates(self, now: float) -> dict[str, float]:
-        cutoff = now - RATE_WINDOW_S
-        while self._recent and self._recent[0][0] < cutoff:
-            self._recent.popleft()
-        counts: dict[str, int] = {}
-        for _, backend in self._recent:
-            counts[backend] = counts.get(backend, 0) + 1
-        return {b: c / RATE_WINDOW_S for b, c in counts.items()}
+        """Requests per second per backend since the previous call (at most every 0.1 s).
+
+        Counting is a dict increment per request; the rate is a difference of counts, so the
+        hot path keeps no per-request history.
+        """
+        elapsed = now - self._last_rate_at
+        if self._last_rate_at and elapsed < 0.1:
+            return dict(self._last_rates)
+        counts = dict(self.requests)
+        if self._last_rate_at and elapsed < RATE_WINDOW_S * 4:
+            self._last_rates = {b: (c - self._last_counts.get(b, 0)) / elapsed for b, c in counts.items()}
+        else:
+            self._last_rates = {b: 0.0 for b in counts}
+        self._last_rate_at, self._last_counts = now, counts
+        return dict(self._last_rates)

@@ -22,11 +22,22 @@ class Echo:
     def predict(self, x):
         return {"predict": x * 2, "replica": self.name}
 
+    def double(self, x):
+        return x * 2
+
+    def add(self, x, y=0):
+        return x + y
+
     def whoami(self):
         return self.name
 
     def fail(self, x):
         raise ValueError(f"bad input {x!r}")
+
+    def ping(self, fail_substring: str = ""):
+        if fail_substring and fail_substring in self.name:
+            raise RuntimeError(f"{self.name} refuses")
+        return self.name
 
 
 class SlowEcho:
@@ -38,12 +49,16 @@ class SlowEcho:
         await asyncio.sleep(self.delay)
         return x
 
+    async def double(self, x):
+        await asyncio.sleep(self.delay)
+        return x * 2
+
     async def whoami(self):
         return self.name
 
 
 class Flaky:
-    """Replica 0 raises, others answer (for fanout)."""
+    """Raises on replicas whose name contains the given text, answers on the others."""
 
     def __init__(self) -> None:
         self.name = ray.get_runtime_context().get_actor_name()

@@ -17,6 +17,7 @@ from serveplane.router.policies import (
     RequestInfo,
     RoundRobinRouter,
     key_fraction,
+    rendezvous_pick,
     rendezvous_rank,
     weighted_pick,
 )
@@ -88,3 +89,18 @@ def test_user_router_must_implement_choose():
 
     with pytest.raises(NotImplementedError, match="must implement choose"):
         Router().choose(replicas(1), req())
+
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(2, 10), leaving=st.integers(0, 9),
+       keys=st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=60, unique=True))
+def test_consistent_hash_policy_moves_only_the_departed_replicas_keys(n, leaving, keys):
+    policy = ConsistentHashRouter()
+    before = replicas(n)
+    gone = before[leaving % n]
+    after = [r for r in before if r != gone]
+    for key in keys:
+        old = policy.choose(before, req(key))
+        assert old == rendezvous_pick(key, before) == rendezvous_rank(key, before)[0]
+        new = policy.choose(after, req(key))
+        assert new == old or old == gone

@@ -1,0 +1,90 @@
+"""Router-side batching: stateless calls of one method gathered in the caller's process.
+
+When an endpoint sets ``batch_size``, calls without a session are gathered per method
+until the batch is full or ``batch_timeout_s`` passes, then go to one replica as one
+``handle_batch`` actor call. Each request keeps its own slot and its own answer (the
+batch's ref holds one ``(ok, value)`` per call); a request whose batch's replica dies is
+retried on its own. With no free replica, each request of the batch queues on its own.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import threading
+from typing import TYPE_CHECKING
+
+from serveplane.records import RequestMetadata
+from serveplane.router import loop as loops
+from serveplane.router.shadows import fire_shadows
+
+if TYPE_CHECKING:
+    from serveplane.router.response import Response
+    from serveplane.router.router import EndpointRouter
+
+
+class Batcher:
+    def __init__(self, router: EndpointRouter) -> None:
+        self._router = router
+        self._lock = threading.Lock()
+        self._gathering: dict[str, list[Response]] = {}  # method -> requests of the open batch
+        self.sizes: collections.deque[int] = collections.deque(maxlen=1000)
+
+    def add(self, request: Response, size: int, timeout_s: float) -> None:
+        request.waiting = concurrent.futures.Future()
+        method = request.method_name
+        with self._lock:
+            batch = self._gathering.get(method)
+            if batch is None:
+                batch = self._gathering[method] = []
+                if size > 1:
+                    loop = loops.background_loop()
+                    loop.call_soon_threadsafe(loop.call_later, timeout_s, self._flush, method, batch)
+            batch.append(request)
+            full = len(batch) >= size
+            if full:
+                del self._gathering[method]
+        if full:
+            self._dispatch(batch)
+
+    def _flush(self, method: str, batch: list[Response]) -> None:
+        with self._lock:
+            if self._gathering.get(method) is not batch:
+                return  # already dispatched when it filled up
+            del self._gathering[method]
+        self._dispatch(batch)
+
+    def _dispatch(self, batch: list[Response]) -> None:
+        router = self._router
+        replica = router.claim_for_batch(batch)
+        if replica is None:
+            for request in batch:
+                gathered = request.waiting
+                request.waiting = router.route_later(request)
+                request.waiting.add_done_callback(
+                    lambda done, target=gathered: loops.copy_outcome(done, target))
+            return
+        first = batch[0]
+        meta = RequestMetadata(first.request_id, router.endpoint, first.method_name)
+        try:
+            ref = router.transport.send_batch(replica, meta, [(r.args, r.kwargs) for r in batch])
+        except Exception as exc:  # noqa: BLE001 - every caller of the batch gets it
+            for request in batch:
+                router.release(request)
+                request.done = True
+                request.failure = exc
+                request.waiting.set_exception(exc)
+            return
+        self.sizes.append(len(batch))
+        router.stats.requests[replica.backend] += len(batch)
+        for index, request in enumerate(batch):
+            request.backend = replica.backend
+            request.batch_index = index
+            request.attempts = 1
+            request.ref = ref
+            request.waiting.set_result(None)
+        info = router.endpoint_info
+        if info is not None and info.shadows:
+            for request in batch:  # shadows go one by one; they never join the batch
+                fire_shadows(router, request, info.shadows, request.args, request.kwargs)
+
