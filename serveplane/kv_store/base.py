@@ -5,6 +5,10 @@ Invariants every store keeps (the conformance suite in ``tests/integration/kv`` 
 - keys are non-empty ``str``; values are ``bytes`` and come back byte-for-byte;
 - ``compare_and_set`` writes only if the current value equals ``expected`` (``None`` means
   "the key is absent") and says whether it wrote;
+- ``transact`` applies a set of writes only if every checked key holds its expected value,
+  and says whether it wrote; where ``atomic_transactions`` is true no reader, writer or crash
+  ever sees part of it;
+- keys and values are validated before anything is sent: a bad one changes nothing;
 - a failure of the backing service raises ``KVStoreUnavailableError`` naming the store's URL
   and the operation; callers never see a bare socket, sqlite or GCS error;
 - a store pickles as its URL, so any process (a Ray actor, a spawned child) re-opens the same
@@ -13,16 +17,21 @@ Invariants every store keeps (the conformance suite in ``tests/integration/kv`` 
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Mapping, Protocol, runtime_checkable
 
 from serveplane.exceptions import InvalidConfigError, InvalidInputError
 
 SCHEMES = ("memory://[name]", "ray://<namespace>", "sqlite:///abs/path/state.db", "redis://host:port/db")
 
+# A transaction's checks or writes, validated: key -> bytes, or None (absent / delete).
+Changes = dict[str, bytes | None]
+
 
 @runtime_checkable
 class KVStore(Protocol):
     url: str
+    # True where ``transact`` is atomic across processes and across crashes.
+    atomic_transactions: bool
 
     def get(self, key: str) -> bytes | None:
         """The value under ``key``, or ``None`` when absent."""
@@ -38,6 +47,10 @@ class KVStore(Protocol):
 
     def compare_and_set(self, key: str, expected: bytes | None, new: bytes) -> bool:
         """Atomically write ``new`` if the current value is ``expected`` (``None``: absent)."""
+
+    def transact(self, checks: Mapping[str, bytes | None], writes: Mapping[str, bytes | None]) -> bool:
+        """Atomically: if every key in ``checks`` holds exactly its expected value (None: absent),
+        apply every write (bytes: set; None: delete) and return True; else change nothing, return False."""
 
     def close(self) -> None:
         """Release connections; the store may be re-opened from its URL."""
@@ -56,6 +69,20 @@ def check_value(key: str, value: Any) -> bytes:
         raise InvalidInputError(
             f"value for kv key {key!r} is a {type(value).__name__}; values must be bytes")
     return bytes(value)
+
+
+def check_changes(changes: Mapping[str, bytes | None]) -> Changes:
+    """Validate a transaction's checks or writes: every key, and every value that is not None."""
+    return {check_key(key): None if value is None else check_value(key, value)
+            for key, value in changes.items()}
+
+
+def transaction_name(checks: Changes, writes: Changes) -> str:
+    """How a failed ``transact`` is named in ``KVStoreUnavailableError``: its first keys."""
+    keys = sorted(checks.keys() | writes.keys())
+    shown = ", ".join(repr(k) for k in keys[:3])
+    more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+    return f"transact {shown or 'of no keys'}{more}"
 
 
 def open_store(url: str) -> KVStore:

@@ -3,14 +3,17 @@
 ``memory://`` is a private dict; ``memory://name`` is one dict per name per process, so two
 stores opened from the same URL in one process see the same data. Nothing survives the
 process, and a pickled store re-opens by URL in the receiving process (a different dict there).
+
+Every operation holds the dict's lock, so ``transact`` is atomic; there is no crash to
+survive (nothing survives one), so ``atomic_transactions`` is true.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Mapping
 
-from serveplane.kv_store.base import check_key, check_value
+from serveplane.kv_store.base import Changes, check_changes, check_key, check_value
 
 _SHARED: dict[str, dict[str, bytes]] = {}
 _SHARED_LOCK = threading.Lock()
@@ -18,6 +21,8 @@ _SHARED_DATA_LOCKS: dict[str, threading.Lock] = {}
 
 
 class MemoryKVStore:
+    atomic_transactions = True
+
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
         name = url[len("memory://"):]
@@ -57,10 +62,20 @@ class MemoryKVStore:
 
     def compare_and_set(self, key: str, expected: bytes | None, new: bytes) -> bool:
         new = check_value(check_key(key), new)
+        return self._apply(check_changes({key: expected}), {key: new})
+
+    def transact(self, checks: Mapping[str, bytes | None], writes: Mapping[str, bytes | None]) -> bool:
+        return self._apply(check_changes(checks), check_changes(writes))
+
+    def _apply(self, checks: Changes, writes: Changes) -> bool:
         with self._lock:
-            if self._data.get(key) != expected:
+            if any(self._data.get(key) != expected for key, expected in checks.items()):
                 return False
-            self._data[key] = new
+            for key, value in writes.items():
+                if value is None:
+                    self._data.pop(key, None)
+                else:
+                    self._data[key] = value
             return True
 
     def close(self) -> None:

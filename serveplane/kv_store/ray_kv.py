@@ -12,27 +12,41 @@ Compare-and-set, honestly: the GCS KV has none. Here it is
   any number of writers in any processes exactly one creates the key;
 - for an existing key: read, compare, write, serialized by a process-local lock. That is
   atomic among the threads of one process only. Two processes racing on one existing key can
-  both "win". serveplane accepts this because the controller is the only writer of its
-  namespace, and the epoch fencing in ``checkpoint.py`` still refuses a stale controller on
-  its next write. Use SQLite or Redis where several processes must race on one key.
+  both "win".
+
+``transact``, honestly: the GCS KV has no multi-key transaction either. Here it reads the
+checks, then applies the writes one key at a time, all under the same process-local lock
+(which the compare-and-sets above also take). So, weaker than on the other stores
+(``atomic_transactions`` is false):
+
+- across processes it is not isolated: another process may change a checked key between
+  the check and the writes, and may read a transaction half applied;
+- it is not crash-atomic: a failure (or a crash of the caller) between two writes leaves
+  the earlier ones in place.
+
+serveplane accepts this because the controller is the only writer of its namespace, and the
+epoch fencing in ``checkpoint.py`` still refuses a stale controller on its next write. Use
+SQLite or Redis where several processes must race on the same keys.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 from serveplane.exceptions import InvalidConfigError, KVStoreUnavailableError
-from serveplane.kv_store.base import check_key, check_value
+from serveplane.kv_store.base import check_changes, check_key, check_value, transaction_name
 
 T = TypeVar("T")
 
 GCS_NAMESPACE_PREFIX = "serveplane-"
 # One lock per process, not per store: two stores on one URL must exclude each other.
-_CAS_LOCK = threading.Lock()
+_LOCK = threading.Lock()
 
 
 class RayKVStore:
+    atomic_transactions = False
+
     def __init__(self, url: str) -> None:
         self.url = url
         self.namespace = url[len("ray://"):]
@@ -77,18 +91,37 @@ class RayKVStore:
 
     def compare_and_set(self, key: str, expected: bytes | None, new: bytes) -> bool:
         new = check_value(check_key(key), new)
+        expected = check_changes({key: expected})[key]
 
         def cas(kv: Any) -> bool:
-            if expected is None:
-                # _internal_kv_put returns whether the key already existed (then nothing is written)
-                return not kv._internal_kv_put(key, new, overwrite=False, namespace=self.gcs_namespace)
-            with _CAS_LOCK:
+            with _LOCK:  # put-if-absent needs no lock, but must not fall inside a transact here
+                if expected is None:
+                    # _internal_kv_put returns whether the key already existed (then nothing is written)
+                    return not kv._internal_kv_put(key, new, overwrite=False, namespace=self.gcs_namespace)
                 if kv._internal_kv_get(key, namespace=self.gcs_namespace) != expected:
                     return False
                 kv._internal_kv_put(key, new, overwrite=True, namespace=self.gcs_namespace)
                 return True
 
         return self._run(f"compare_and_set {key!r}", cas)
+
+    def transact(self, checks: Mapping[str, bytes | None], writes: Mapping[str, bytes | None]) -> bool:
+        checked, written = check_changes(checks), check_changes(writes)
+        ns = self.gcs_namespace
+
+        def apply(kv: Any) -> bool:
+            with _LOCK:
+                for key, expected in checked.items():
+                    if kv._internal_kv_get(key, namespace=ns) != expected:
+                        return False
+                for key, value in written.items():
+                    if value is None:
+                        kv._internal_kv_del(key, namespace=ns)
+                    else:
+                        kv._internal_kv_put(key, value, overwrite=True, namespace=ns)
+                return True
+
+        return self._run(transaction_name(checked, written), apply)
 
     def close(self) -> None:
         pass

@@ -1,32 +1,50 @@
 """Redis store (``redis://host:port/db``): an external server shared by many processes.
 
-Compare-and-set is one Lua script, which Redis runs atomically, so it holds across any
-number of processes and hosts. Socket timeouts are short (2 s) and there are no client-side
-retries, so a down server fails an operation at once with ``KVStoreUnavailableError`` instead
-of stalling the controller; the next operation reconnects by itself once the server is back.
+Compare-and-set and ``transact`` are one Lua script, which Redis runs atomically, so they
+hold across any number of processes and hosts. Redis has no rollback, so the script is built
+never to stop halfway: it checks every key before its first write, and its writes (``SET``,
+``DEL``) cannot fail once one has run (over ``maxmemory`` Redis refuses a script's first write,
+never a later one). Redis logs a script's writes to the append-only file as one
+``MULTI``/``EXEC`` block, which a restart replays whole or not at all. So
+``atomic_transactions`` is true.
+
+Socket timeouts are short (2 s) and there are no client-side retries, so a down server fails
+an operation at once with ``KVStoreUnavailableError`` instead of stalling the controller; the
+next operation reconnects by itself once the server is back.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 from urllib.parse import urlsplit
 
 from serveplane.exceptions import InvalidConfigError, KVStoreUnavailableError
-from serveplane.kv_store.base import check_key, check_value
+from serveplane.kv_store.base import Changes, check_changes, check_key, check_value, transaction_name
 
 T = TypeVar("T")
 
 SOCKET_TIMEOUT_S = 2.0
 
-# ARGV[1] = "absent" | "equals"; ARGV[2] = expected value; ARGV[3] = new value.
-_CAS_SCRIPT = """
-local current = redis.call('GET', KEYS[1])
-if ARGV[1] == 'absent' then
-  if current then return 0 end
-elseif (not current) or current ~= ARGV[2] then
-  return 0
+# KEYS: the checked keys, then the written keys. ARGV[1]: how many keys are checked; then per
+# checked key "absent" | "equals" and the expected value; then per written key "set" | "del"
+# and the new value. Every check runs before the first write, so a mismatch changes nothing.
+_TRANSACT_SCRIPT = """
+local checks = tonumber(ARGV[1])
+for i = 1, checks do
+  local current = redis.call('GET', KEYS[i])
+  if ARGV[2 * i] == 'absent' then
+    if current then return 0 end
+  elseif (not current) or current ~= ARGV[2 * i + 1] then
+    return 0
+  end
 end
-redis.call('SET', KEYS[1], ARGV[3])
+for i = checks + 1, #KEYS do
+  if ARGV[2 * i] == 'set' then
+    redis.call('SET', KEYS[i], ARGV[2 * i + 1])
+  else
+    redis.call('DEL', KEYS[i])
+  end
+end
 return 1
 """
 
@@ -48,6 +66,8 @@ def _check_url(url: str) -> None:
 
 
 class RedisKVStore:
+    atomic_transactions = True
+
     def __init__(self, url: str, socket_timeout_s: float = SOCKET_TIMEOUT_S) -> None:
         _check_url(url)
         try:
@@ -61,7 +81,7 @@ class RedisKVStore:
         self._client: Any = redis.Redis.from_url(
             url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s,
             retry=Retry(NoBackoff(), 0))
-        self._cas = self._client.register_script(_CAS_SCRIPT)
+        self._transact = self._client.register_script(_TRANSACT_SCRIPT)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.url,))
@@ -93,9 +113,21 @@ class RedisKVStore:
         return sorted({k.decode() if isinstance(k, bytes) else k for k in keys})  # SCAN may repeat a key
 
     def compare_and_set(self, key: str, expected: bytes | None, new: bytes) -> bool:
-        new = check_value(check_key(key), new)
-        args: list[bytes | str] = ["absent", b"", new] if expected is None else ["equals", bytes(expected), new]
-        return bool(self._run(f"compare_and_set {key!r}", lambda: self._cas(keys=[key], args=args)))
+        checks, writes = check_changes({key: expected}), check_changes({key: check_value(check_key(key), new)})
+        return self._run_script(f"compare_and_set {key!r}", checks, writes)
+
+    def transact(self, checks: Mapping[str, bytes | None], writes: Mapping[str, bytes | None]) -> bool:
+        checked, written = check_changes(checks), check_changes(writes)
+        return self._run_script(transaction_name(checked, written), checked, written)
+
+    def _run_script(self, operation: str, checks: Changes, writes: Changes) -> bool:
+        args: list[bytes | str | int] = [len(checks)]
+        for expected in checks.values():
+            args += ["absent", b""] if expected is None else ["equals", expected]
+        for value in writes.values():
+            args += ["del", b""] if value is None else ["set", value]
+        keys = [*checks, *writes]
+        return bool(self._run(operation, lambda: self._transact(keys=keys, args=args)))
 
     def close(self) -> None:
         self._client.close()

@@ -7,8 +7,10 @@ Invariants:
 
 - one connection per thread (and per process: a forked child opens its own), so threads
   never share a sqlite handle;
-- compare-and-set runs inside ``BEGIN IMMEDIATE``, which takes the database's write lock
-  before reading, so of two processes or threads racing on one key only one can win;
+- compare-and-set and ``transact`` run inside ``BEGIN IMMEDIATE``, which takes the
+  database's write lock before reading, so of two processes or threads racing on one key only
+  one can win, and a transaction commits whole or (on a mismatch, an error or a crash) not at
+  all: ``atomic_transactions`` is true;
 - a lock held past the busy timeout, a missing directory or an unwritable file raises
   ``KVStoreUnavailableError`` naming the URL and the operation.
 """
@@ -18,10 +20,10 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 from serveplane.exceptions import InvalidConfigError, KVStoreUnavailableError
-from serveplane.kv_store.base import check_key, check_value
+from serveplane.kv_store.base import Changes, check_changes, check_key, check_value, transaction_name
 
 T = TypeVar("T")
 
@@ -41,6 +43,8 @@ def path_from_url(url: str) -> str:
 
 
 class SQLiteKVStore:
+    atomic_transactions = True
+
     def __init__(self, url: str, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         self.url = url
         self.path = path_from_url(url)
@@ -105,24 +109,12 @@ class SQLiteKVStore:
         return [r[0] for r in rows]
 
     def compare_and_set(self, key: str, expected: bytes | None, new: bytes) -> bool:
-        new = check_value(check_key(key), new)
+        checks, writes = check_changes({key: expected}), check_changes({key: check_value(check_key(key), new)})
+        return self._run(f"compare_and_set {key!r}", lambda c: _transaction(c, checks, writes))
 
-        def cas(c: sqlite3.Connection) -> bool:
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                row = c.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
-                if (bytes(row[0]) if row else None) != expected:
-                    c.execute("ROLLBACK")
-                    return False
-                c.execute(_UPSERT, (key, new))
-                c.execute("COMMIT")
-                return True
-            except BaseException:
-                if c.in_transaction:
-                    c.execute("ROLLBACK")
-                raise
-
-        return self._run(f"compare_and_set {key!r}", cas)
+    def transact(self, checks: Mapping[str, bytes | None], writes: Mapping[str, bytes | None]) -> bool:
+        checked, written = check_changes(checks), check_changes(writes)
+        return self._run(transaction_name(checked, written), lambda c: _transaction(c, checked, written))
 
     def close(self) -> None:
         with self._all_lock:
@@ -131,3 +123,22 @@ class SQLiteKVStore:
             if pid == os.getpid():  # a forked child must not close its parent's handles
                 conn.close()
         self._local = threading.local()
+
+
+def _transaction(c: sqlite3.Connection, checks: Changes, writes: Changes) -> bool:
+    """Check, then write, holding the database's write lock; commit whole or roll back."""
+    c.execute("BEGIN IMMEDIATE")
+    try:
+        for key, expected in checks.items():
+            row = c.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+            if (bytes(row[0]) if row else None) != expected:
+                c.execute("ROLLBACK")
+                return False
+        c.executemany(_UPSERT, [(k, v) for k, v in writes.items() if v is not None])
+        c.executemany("DELETE FROM kv WHERE key = ?", [(k,) for k, v in writes.items() if v is None])
+        c.execute("COMMIT")
+        return True
+    except BaseException:
+        if c.in_transaction:
+            c.execute("ROLLBACK")
+        raise

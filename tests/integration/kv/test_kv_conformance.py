@@ -7,14 +7,17 @@ initialized) are in tests/unit/kv/test_kv_local_stores.py.
 
 from __future__ import annotations
 
+import contextlib
+import re
+import sqlite3
 import uuid
 
 import pytest
 import ray
 
-from serveplane.exceptions import InvalidInputError, StaleEpochError
-from serveplane.kv_store import CheckpointStore, RecordStore, open_store
-from tests.unit.kv.kv_helpers import InterleavingStore, cas_increment, run_threads
+from serveplane.exceptions import InvalidInputError, KVStoreUnavailableError, StaleEpochError
+from serveplane.kv_store import CheckpointStore, RecordStore, SQLiteKVStore, open_store
+from tests.unit.kv.kv_helpers import InterleavingStore, cas_increment, run_threads, transact_increment
 
 ALL_BYTES = bytes(range(256))
 
@@ -85,6 +88,8 @@ def test_bad_keys_and_values_are_refused(store):
         store.put("", b"v")
     with pytest.raises(InvalidInputError, match="value for kv key 'k' is a str; values must be bytes"):
         store.compare_and_set("k", None, "v")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="value for kv key 'k' is a str; values must be bytes"):
+        store.compare_and_set("k", "expected", b"v")  # type: ignore[arg-type]
     assert store.get("k") is None
 
 
@@ -126,6 +131,111 @@ def test_create_if_absent_has_one_winner_across_processes(store, ray_session):
     results = ray.get([try_create.remote(store, f"w{i}") for i in range(6)], timeout=60)
     assert results.count(True) == 1
     assert store.get("leader") == f"w{results.index(True)}".encode()
+
+
+# -- transact -----------------------------------------------------------------------------------
+def snapshot(store):
+    return {k: store.get(k) for k in store.list("")}
+
+
+def test_transact_applies_every_write_when_every_check_holds(store):
+    store.put("k", b"1")
+    store.put("gone", b"x")
+    store.put("empty", b"")
+    assert store.transact({"k": b"1", "absent": None, "empty": b""},
+                          {"k": b"2", "new": ALL_BYTES, "gone": None, "never-written": None}) is True
+    assert snapshot(store) == {"k": b"2", "new": ALL_BYTES, "empty": b""}
+    assert store.transact({}, {"empty": None}) is True  # no checks: just the writes
+    assert store.transact({"k": b"2"}, {}) is True  # no writes: just the checks
+    assert snapshot(store) == {"k": b"2", "new": ALL_BYTES}
+
+
+@pytest.mark.parametrize("checks", [
+    {"k": None},
+    {"k": b"0"},
+    {"missing": b"1"},
+    {"e": None},
+    {"missing": b""},
+    {"k": b"1", "e": b"", "missing": b"x"},
+], ids=["present-expected-absent", "wrong-value", "absent-expected-value", "empty-is-present",
+        "absent-is-not-empty", "last-of-three-fails"])
+def test_a_failed_check_changes_nothing(store, checks):
+    store.put("k", b"1")
+    store.put("e", b"")
+    before = snapshot(store)
+    assert store.transact(checks, {"k": b"2", "new": b"n", "e": None}) is False
+    assert snapshot(store) == before
+
+
+@pytest.mark.parametrize("checks, writes, match", [
+    ({}, {"ok": b"1", "": b"2"}, "kv key '' is invalid"),
+    ({}, {"ok": b"1", "s": "text"}, "value for kv key 's' is a str; values must be bytes"),
+    ({"": None}, {"ok": b"1"}, "kv key '' is invalid"),
+    ({"c": "text"}, {"ok": b"1"}, "value for kv key 'c' is a str"),
+], ids=["empty-write-key", "str-write-value", "empty-check-key", "str-check-value"])
+def test_transact_refuses_bad_keys_and_values_before_sending_anything(store, checks, writes, match):
+    with pytest.raises(InvalidInputError, match=match):
+        store.transact(checks, writes)
+    assert snapshot(store) == {}
+
+
+def test_a_large_transaction_lands_and_leaves_whole(store):
+    keys = {f"big/{i:04d}": bytes([i % 256]) * 1024 for i in range(300)}
+    assert store.transact({"big/0000": None}, keys)
+    assert store.list("big/") == sorted(keys) and store.get("big/0299") == keys["big/0299"]
+    assert store.transact({"big/0000": keys["big/0000"]}, dict.fromkeys(keys))
+    assert store.list("big/") == []
+
+
+def test_concurrent_transactions_never_interleave(store):
+    """Threads raise twin counters by transact (checks on both, writes to both and to a log
+    key): every win is counted once and the twins stay equal. (For the GCS store this is the
+    in-process guarantee its docstring promises.)"""
+    run_threads(4, lambda i: transact_increment(store, 25, f"t{i}"), timeout_s=60)
+    assert store.get("a") == store.get("b") == b"100"
+    assert len(store.list("log/")) == 100
+
+
+@contextlib.contextmanager
+def backing_service_down(store, request, monkeypatch):
+    """Make ``store``'s backing service fail; yield a store object that sees it down."""
+    if store.url.startswith("sqlite://"):
+        holder = sqlite3.connect(store.path, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # held past the busy timeout reads as "down"
+        impatient = SQLiteKVStore(store.url, busy_timeout_s=0.1)
+        try:
+            yield impatient
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+            impatient.close()
+    elif store.url.startswith("redis://"):
+        server = request.getfixturevalue("redis_server")
+        server.stop()
+        try:
+            yield store
+        finally:
+            server.start()
+    else:
+        from ray.experimental import internal_kv
+
+        def unreachable(*args, **kwargs):
+            raise ConnectionError("GCS unreachable")
+
+        with monkeypatch.context() as patch:
+            for name in ("_internal_kv_get", "_internal_kv_put", "_internal_kv_del"):
+                patch.setattr(internal_kv, name, unreachable)
+            yield store
+
+
+@pytest.mark.parametrize("store", ["ray", "sqlite", "redis"], indirect=True)  # memory has no service
+def test_transact_on_a_down_store_is_unavailable_and_changes_nothing(store, request, monkeypatch):
+    store.put("a", b"1")
+    with backing_service_down(store, request, monkeypatch) as down:
+        expected = f"^key-value store {re.escape(store.url)} is unavailable: transact 'a', 'b' failed"
+        with pytest.raises(KVStoreUnavailableError, match=expected):
+            down.transact({"a": b"1"}, {"a": b"2", "b": b"2"})
+    assert (store.get("a"), store.get("b")) == (b"1", None)
 
 
 # -- fencing on every store -------------------------------------------------------------------

@@ -26,6 +26,7 @@ class InterleavingStore:
     def __init__(self, inner: KVStore, key: str, hook: Callable[[], None]) -> None:
         self.inner = inner
         self.url = inner.url
+        self.atomic_transactions = inner.atomic_transactions
         self.key = key
         self._hook: Callable[[], None] | None = hook
         self.hook_ran = False
@@ -41,6 +42,9 @@ class InterleavingStore:
 
     def list(self, prefix: str) -> list[str]:
         return self.inner.list(prefix)
+
+    def transact(self, checks, writes):
+        return self.inner.transact(checks, writes)
 
     def compare_and_set(self, key: str, expected: bytes | None, new: bytes) -> bool:
         if key == self.key and self._hook is not None:
@@ -67,6 +71,27 @@ def cas_increment(store: KVStore, key: str, times: int) -> int:
 def increment_in_child(url: str, key: str, times: int) -> None:
     """Entry point of a spawned process: re-open the store from its URL and increment."""
     cas_increment(open_store(url), key, times)
+
+
+def transact_increment(store: KVStore, times: int, who: str) -> int:
+    """Raise the twin counters ``a`` and ``b`` together ``times`` times by ``transact`` (each
+    time also creating ``log/<new value>``); return how many transactions won.
+
+    If transactions interleave, two of them pass their checks on the same value: then the
+    counters end below the number of wins, and one ``log/`` key was written twice."""
+    wins = 0
+    while wins < times:
+        current = store.get("a")
+        new = str((int(current) if current is not None else 0) + 1).encode()
+        if store.transact({"a": current, "b": current},
+                          {"a": new, "b": new, f"log/{int(new):06d}": who.encode()}):
+            wins += 1
+    return wins
+
+
+def transact_increment_in_child(url: str, times: int, who: str) -> None:
+    """Entry point of a spawned process: re-open the store from its URL and increment."""
+    transact_increment(open_store(url), times, who)
 
 
 def run_threads(n: int, target: Callable[[int], object], timeout_s: float = 30.0) -> None:

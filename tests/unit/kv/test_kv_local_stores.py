@@ -20,7 +20,13 @@ from serveplane.exceptions import InvalidConfigError, InvalidInputError, KVStore
 from serveplane.kv_store import MemoryKVStore, RayKVStore, RedisKVStore, SQLiteKVStore, open_store
 from serveplane.kv_store.sqlite import path_from_url
 from tests.conftest import ROOT
-from tests.unit.kv.kv_helpers import cas_increment, increment_in_child, run_threads
+from tests.unit.kv.kv_helpers import (
+    cas_increment,
+    increment_in_child,
+    run_threads,
+    transact_increment,
+    transact_increment_in_child,
+)
 
 
 @pytest.mark.parametrize("url, kind", [
@@ -133,11 +139,61 @@ def test_sqlite_locked_past_the_busy_timeout_is_unavailable(tmp_path):
             store.put("k", b"2")
         with pytest.raises(KVStoreUnavailableError, match="compare_and_set 'k' failed"):
             store.compare_and_set("k", b"1", b"2")
+        with pytest.raises(KVStoreUnavailableError, match="transact 'j', 'k' failed .*locked"):
+            store.transact({"k": b"1"}, {"k": b"2", "j": b"2"})
         assert time.monotonic() - t0 < 5
     finally:
         holder.execute("ROLLBACK")
         holder.close()
     assert store.compare_and_set("k", b"1", b"2")  # usable again once the lock is gone
+    store.close()
+
+
+def test_sqlite_transact_that_fails_midway_rolls_back_whole(tmp_path):
+    """A trigger aborts the third write of a transaction, inside the database: the first two,
+    already executed in it, must not survive, and the store must stay usable."""
+    url = f"sqlite:///{tmp_path}/abort.db"
+    store = SQLiteKVStore(url)
+    store.put("a", b"old")
+    conn = sqlite3.connect(f"{tmp_path}/abort.db", isolation_level=None)
+    conn.execute("CREATE TRIGGER poison BEFORE INSERT ON kv WHEN NEW.key = 'poison' "
+                 "BEGIN SELECT RAISE(ABORT, 'injected failure'); END")
+    conn.close()
+    with pytest.raises(KVStoreUnavailableError, match=f"{url} is unavailable: transact 'a', 'b', 'poison' "
+                                                      "failed \\(injected failure\\)"):
+        store.transact({"a": b"old"}, {"a": b"new", "b": b"new", "poison": b"x"})
+    assert (store.get("a"), store.get("b"), store.get("poison")) == (b"old", None, None)
+    other = SQLiteKVStore(url)
+    assert (other.get("a"), other.get("b")) == (b"old", None)
+    assert store.transact({"a": b"old"}, {"a": b"new", "b": None})  # usable again
+    assert other.get("a") == b"new"
+    store.close()
+    other.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_transactions_never_interleave_across_threads_and_processes(request, tmp_path, kind):
+    """Two spawned processes and two threads raise twin counters by transact: every win is
+    counted once and the twins stay equal."""
+    url = f"sqlite:///{tmp_path}/tx.db" if kind == "sqlite" else request.getfixturevalue("redis_server").url
+    store = open_store(url)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=transact_increment_in_child, args=(url, 30, f"p{i}")) for i in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        run_threads(2, lambda i: transact_increment(store, 30, f"t{i}"), timeout_s=60)
+        for p in procs:
+            p.join(timeout=60)
+            assert p.exitcode == 0, f"child exited with {p.exitcode}"
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+    assert store.get("a") == store.get("b") == b"120"
+    log = store.list("log/")
+    assert len(log) == 120
+    assert {store.get(k) for k in log} == {b"p0", b"p1", b"t0", b"t1"}
     store.close()
 
 
@@ -177,16 +233,18 @@ def test_ray_store_without_ray_initialized_is_unavailable():
     code = textwrap.dedent("""
         from serveplane.exceptions import KVStoreUnavailableError
         from serveplane.kv_store import open_store
-        try:
-            open_store("ray://ns").put("k", b"v")
-        except KVStoreUnavailableError as exc:
-            print(exc)
+        for call in (lambda s: s.put("k", b"v"), lambda s: s.transact({"k": None}, {"k": b"v"})):
+            try:
+                call(open_store("ray://ns"))
+            except KVStoreUnavailableError as exc:
+                print(exc)
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          cwd=str(ROOT), env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert out.returncode == 0, out.stderr
-    assert ("key-value store ray://ns is unavailable: put 'k' failed (ray is not initialized in this "
-            "process; call ray.init() first)") in out.stdout
+    assert out.stdout.splitlines() == [
+        f"key-value store ray://ns is unavailable: {operation} failed (ray is not initialized in this "
+        "process; call ray.init() first)" for operation in ("put 'k'", "transact 'k'")]
 
 
 # -- Redis ------------------------------------------------------------------------------------
@@ -201,13 +259,16 @@ def test_redis_down_names_the_url_and_operation_fails_fast_and_recovers(redis_se
     for operation, call in [("get 'k'", lambda: store.get("k")),
                             ("delete 'k'", lambda: store.delete("k")),
                             ("list 'k'", lambda: store.list("k")),
-                            ("compare_and_set 'k'", lambda: store.compare_and_set("k", b"v", b"w"))]:
+                            ("compare_and_set 'k'", lambda: store.compare_and_set("k", b"v", b"w")),
+                            ("transact 'a', 'b', 'c' and 1 more",
+                             lambda: store.transact({"a": None, "b": b"x"}, {"c": b"1", "d": None}))]:
         with pytest.raises(KVStoreUnavailableError, match=f"unavailable: {operation} failed"):
             call()
     assert time.monotonic() - t0 < 5, "a down redis must fail fast"
     redis_server.start()
     assert store.compare_and_set("k", b"v", b"w")  # the same store object reconnects by itself
-    assert store.get("k") == b"w"
+    assert store.transact({"k": b"w"}, {"k": b"x", "k2": b"y"})
+    assert (store.get("k"), store.get("k2")) == (b"x", b"y")
     store.close()
 
 
