@@ -10,11 +10,7 @@ Canonical JSON is ``sort_keys=True, separators=(",", ":"), ensure_ascii=False``,
 Invariants: ``decode_checkpoint`` either returns the whole payload exactly as encoded or
 raises ``CorruptCheckpointError`` naming the key and what is wrong (bad JSON, missing fields,
 unknown schema version, checksum mismatch); it never returns partial data. The checksum
-covers the payload only; the epoch is covered by fencing, not by the checksum.
-
-``payload: null`` is reserved for the epoch fence that ``CheckpointStore`` writes into a
-namespace that has no state yet; ``decode_checkpoint`` refuses it, and only
-``decode_envelope`` (used by the stores) accepts it.
+covers the payload only; the epoch records who wrote it (fencing does not rely on it).
 """
 
 from __future__ import annotations
@@ -35,13 +31,14 @@ def canonical_json(value: Any) -> bytes:
                       allow_nan=False).encode()
 
 
-def encode_envelope(payload: dict[str, Any] | None, epoch: int) -> bytes:
-    """Encode ``payload`` (or the ``None`` fence) stamped with ``epoch``."""
+def encode_checkpoint(payload: dict[str, Any], epoch: int) -> bytes:
+    """Encode a checkpoint of ``payload`` written by ``epoch``."""
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise InvalidInputError(f"checkpoint epoch {epoch!r} is invalid; it must be an int >= 0")
-    if payload is not None and not isinstance(payload, dict):
+    if not isinstance(payload, dict):
         raise InvalidInputError(
-            f"checkpoint payload is a {type(payload).__name__}; it must be a dict of JSON values")
+            f"checkpoint payload is {'None' if payload is None else 'a ' + type(payload).__name__}; "
+            "it must be a dict of JSON values")
     try:
         body = canonical_json(payload)
     except (TypeError, ValueError) as exc:
@@ -53,15 +50,9 @@ def encode_envelope(payload: dict[str, Any] | None, epoch: int) -> bytes:
     return canonical_json(doc)
 
 
-def encode_checkpoint(payload: dict[str, Any], epoch: int) -> bytes:
-    """Encode a checkpoint of ``payload`` written by ``epoch``."""
-    if payload is None:
-        raise InvalidInputError("checkpoint payload is None; it must be a dict of JSON values")
-    return encode_envelope(payload, epoch)
-
-
-def decode_envelope(key: str, data: bytes) -> tuple[int, dict[str, Any] | None]:
-    """Decode what ``encode_envelope`` wrote under ``key``: ``(epoch, payload-or-None)``."""
+def decode_checkpoint(key: str, data: bytes) -> tuple[int, dict[str, Any]]:
+    """``(epoch, payload)`` of what ``encode_checkpoint`` wrote under ``key``, or
+    ``CorruptCheckpointError`` naming ``key`` and what is wrong."""
     try:
         doc = json.loads(data)
     except (ValueError, TypeError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
@@ -82,7 +73,7 @@ def decode_envelope(key: str, data: bytes) -> tuple[int, dict[str, Any] | None]:
     epoch, payload, checksum = doc["epoch"], doc["payload"], doc["checksum"]
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise CorruptCheckpointError(f"checkpoint {key!r} has epoch {epoch!r}; it must be an int >= 0")
-    if payload is not None and not isinstance(payload, dict):
+    if not isinstance(payload, dict):
         raise CorruptCheckpointError(
             f"checkpoint {key!r} has a payload of type {type(payload).__name__}; it must be an object")
     try:
@@ -93,14 +84,4 @@ def decode_envelope(key: str, data: bytes) -> tuple[int, dict[str, Any] | None]:
         raise CorruptCheckpointError(
             f"checkpoint {key!r} fails its checksum (stored {str(checksum)[:12]!r}, payload hashes "
             f"to {str(actual)[:12]!r}); refusing to load it")
-    return epoch, payload
-
-
-def decode_checkpoint(key: str, data: bytes) -> tuple[int, dict[str, Any]]:
-    """``(epoch, payload)`` of a checkpoint, or ``CorruptCheckpointError`` naming ``key``."""
-    epoch, payload = decode_envelope(key, data)
-    if payload is None:
-        raise CorruptCheckpointError(
-            f"checkpoint {key!r} holds only the epoch {epoch} fence, no state; read it with "
-            "CheckpointStore.read_checkpoint")
     return epoch, payload

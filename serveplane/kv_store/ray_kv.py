@@ -24,9 +24,9 @@ checks, then applies the writes one key at a time, all under the same process-lo
 - it is not crash-atomic: a failure (or a crash of the caller) between two writes leaves
   the earlier ones in place.
 
-serveplane accepts this because the controller is the only writer of its namespace, and the
-epoch fencing in ``checkpoint.py`` still refuses a stale controller on its next write. Use
-SQLite or Redis where several processes must race on the same keys.
+``RecordStore`` makes up for it with a redo log (see ``checkpoint.py``); the controller, the
+only writer of its namespace, needs no more. Use SQLite or Redis where several processes must
+race on the same keys.
 """
 
 from __future__ import annotations

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections import Counter
+from typing import Callable, Mapping
 
 from hypothesis import strategies as st
 
+from serveplane.exceptions import KVStoreUnavailableError
 from serveplane.kv_store import KVStore, open_store
 
 # Any JSON value the codec must carry unchanged (finite floats: JSON has no NaN).
@@ -18,18 +20,13 @@ json_values = st.recursive(
 json_payloads = st.dictionaries(st.text(max_size=10), json_values, max_size=6)
 
 
-class InterleavingStore:
-    """Delegates to ``inner``, but runs ``hook`` once, right before the first
-    compare-and-set on ``key``: a deterministic way to put another writer's step between a
-    writer's read and its CAS."""
+class WrappedStore:
+    """Delegates every ``KVStore`` call to ``inner``; subclasses step in where they need to."""
 
-    def __init__(self, inner: KVStore, key: str, hook: Callable[[], None]) -> None:
+    def __init__(self, inner: KVStore) -> None:
         self.inner = inner
         self.url = inner.url
         self.atomic_transactions = inner.atomic_transactions
-        self.key = key
-        self._hook: Callable[[], None] | None = hook
-        self.hook_ran = False
 
     def get(self, key: str) -> bytes | None:
         return self.inner.get(key)
@@ -43,18 +40,126 @@ class InterleavingStore:
     def list(self, prefix: str) -> list[str]:
         return self.inner.list(prefix)
 
-    def transact(self, checks, writes):
-        return self.inner.transact(checks, writes)
-
     def compare_and_set(self, key: str, expected: bytes | None, new: bytes) -> bool:
-        if key == self.key and self._hook is not None:
-            hook, self._hook = self._hook, None
-            hook()
-            self.hook_ran = True
         return self.inner.compare_and_set(key, expected, new)
+
+    def transact(self, checks: Mapping[str, bytes | None], writes: Mapping[str, bytes | None]) -> bool:
+        return self.inner.transact(checks, writes)
 
     def close(self) -> None:
         self.inner.close()
+
+
+class InterleavingStore(WrappedStore):
+    """Runs ``hook`` once, right before the first ``method`` call: a deterministic way to put
+    another writer's step between a writer's read and its write."""
+
+    def __init__(self, inner: KVStore, hook: Callable[[], object], method: str = "transact") -> None:
+        super().__init__(inner)
+        self._hook: Callable[[], object] | None = hook
+        self._method = method
+        self.hook_ran = False
+
+    def _maybe_hook(self, method: str) -> None:
+        if method == self._method and self._hook is not None:
+            hook, self._hook = self._hook, None
+            hook()
+            self.hook_ran = True
+
+    def put(self, key: str, value: bytes) -> None:
+        self._maybe_hook("put")
+        self.inner.put(key, value)
+
+    def transact(self, checks: Mapping[str, bytes | None], writes: Mapping[str, bytes | None]) -> bool:
+        self._maybe_hook("transact")
+        return self.inner.transact(checks, writes)
+
+
+class CountingStore(WrappedStore):
+    """Counts every call by method name."""
+
+    def __init__(self, inner: KVStore) -> None:
+        super().__init__(inner)
+        self.calls: Counter[str] = Counter()
+
+    def get(self, key: str) -> bytes | None:
+        self.calls["get"] += 1
+        return self.inner.get(key)
+
+    def put(self, key: str, value: bytes) -> None:
+        self.calls["put"] += 1
+        self.inner.put(key, value)
+
+    def delete(self, key: str) -> None:
+        self.calls["delete"] += 1
+        self.inner.delete(key)
+
+    def list(self, prefix: str) -> list[str]:
+        self.calls["list"] += 1
+        return self.inner.list(prefix)
+
+    def compare_and_set(self, key: str, expected: bytes | None, new: bytes) -> bool:
+        self.calls["compare_and_set"] += 1
+        return self.inner.compare_and_set(key, expected, new)
+
+    def transact(self, checks: Mapping[str, bytes | None], writes: Mapping[str, bytes | None]) -> bool:
+        self.calls["transact"] += 1
+        return self.inner.transact(checks, writes)
+
+
+class InjectedFault(KVStoreUnavailableError):
+    """The error ``FaultyStore`` raises: a store failure (or the caller crashing) at that step."""
+
+
+class FaultyStore(WrappedStore):
+    """Fails the ``fail_at``-th single-key mutation (1-based) before it reaches the store.
+
+    With ``atomic=False`` a ``transact`` is applied the way the Ray GCS store applies it:
+    checks read first, then one key at a time, each write a mutation that can fail. So a
+    fault can fall between two writes of one transaction, as a crash of the caller would.
+    With ``atomic=True`` a ``transact`` is one mutation that fails whole.
+    """
+
+    def __init__(self, inner: KVStore, fail_at: int | None, atomic: bool | None = None) -> None:
+        super().__init__(inner)
+        self.fail_at = fail_at
+        self.mutations = 0
+        if atomic is not None:
+            self.atomic_transactions = atomic
+
+    @property
+    def faulted(self) -> bool:
+        return self.fail_at is not None and self.mutations >= self.fail_at
+
+    def _mutation(self, operation: str) -> None:
+        self.mutations += 1
+        if self.mutations == self.fail_at:
+            raise InjectedFault(self.url, operation, "injected fault")
+
+    def put(self, key: str, value: bytes) -> None:
+        self._mutation(f"put {key!r}")
+        self.inner.put(key, value)
+
+    def delete(self, key: str) -> None:
+        self._mutation(f"delete {key!r}")
+        self.inner.delete(key)
+
+    def compare_and_set(self, key: str, expected: bytes | None, new: bytes) -> bool:
+        self._mutation(f"compare_and_set {key!r}")
+        return self.inner.compare_and_set(key, expected, new)
+
+    def transact(self, checks: Mapping[str, bytes | None], writes: Mapping[str, bytes | None]) -> bool:
+        if self.atomic_transactions:
+            self._mutation("transact")
+            return self.inner.transact(checks, writes)
+        if any(self.inner.get(key) != expected for key, expected in checks.items()):
+            return False
+        for key, value in writes.items():
+            if value is None:
+                self.delete(key)
+            else:
+                self.put(key, value)
+        return True
 
 
 def cas_increment(store: KVStore, key: str, times: int) -> int:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from serveplane.exceptions import CorruptCheckpointError, InvalidInputError
 from serveplane.kv_store import SCHEMA_VERSION, decode_checkpoint, encode_checkpoint
-from serveplane.kv_store.codec import encode_envelope
+from serveplane.kv_store.codec import canonical_json
 from tests.unit.kv.kv_helpers import json_payloads
 
 KEY = "ns/checkpoint"
@@ -86,9 +86,11 @@ def test_damaged_checkpoints_are_refused_naming_key_and_rule(data, match):
         decode_checkpoint(KEY, data)
 
 
-def test_the_empty_namespace_fence_is_not_a_checkpoint():
-    with pytest.raises(CorruptCheckpointError, match="holds only the epoch 5 fence, no state"):
-        decode_checkpoint(KEY, encode_envelope(None, 5))
+def test_a_null_payload_with_a_matching_checksum_is_not_a_checkpoint():
+    data = canonical_json({"schema_version": SCHEMA_VERSION, "epoch": 5, "payload": None,
+                           "checksum": hashlib.sha256(b"null").hexdigest()})
+    with pytest.raises(CorruptCheckpointError, match="payload of type NoneType; it must be an object"):
+        decode_checkpoint(KEY, data)
 
 
 @pytest.mark.parametrize("payload, epoch, match", [

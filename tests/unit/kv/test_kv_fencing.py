@@ -1,5 +1,8 @@
-"""Epoch fencing and blobs on the in-memory store (the same scenarios run against every real
-store in tests/integration/kv/test_kv_conformance.py)."""
+"""RecordStore on the in-memory store: epochs, fencing, copies, blobs and input checks.
+
+The same scenarios run against every real store in tests/integration/kv/test_kv_conformance.py;
+the redo log of stores without atomic transactions is in test_kv_redo_log.py.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,9 @@ import uuid
 
 import pytest
 
-from serveplane.exceptions import CorruptCheckpointError, StaleEpochError
-from serveplane.kv_store import CheckpointStore, MemoryKVStore
-from tests.unit.kv.kv_helpers import InterleavingStore, run_threads
+from serveplane.exceptions import CorruptCheckpointError, InvalidInputError, StaleEpochError
+from serveplane.kv_store import MemoryKVStore, RecordStore
+from tests.unit.kv.kv_helpers import CountingStore, FaultyStore, InjectedFault, InterleavingStore, run_threads
 
 
 @pytest.fixture
@@ -18,122 +21,171 @@ def memory():
     return MemoryKVStore(f"memory://{uuid.uuid4().hex}")
 
 
-def test_two_writers_the_older_epoch_is_refused(memory):
-    a, b = CheckpointStore(memory, "ns"), CheckpointStore(memory, "ns")
+def test_two_writers_the_older_epoch_is_refused_for_existing_and_new_names(memory):
+    a, b = RecordStore(memory, "ns"), RecordStore(memory, "ns")
     ea = a.acquire_epoch()
-    a.write_checkpoint(ea, {"owner": "a", "n": 1})
+    a.write(ea, {"backend/x": {"owner": "a", "n": 1}})
     eb = b.acquire_epoch()
     assert (ea, eb) == (1, 2)
-    assert b.read_checkpoint() == (eb, {"owner": "a", "n": 1})  # a's last good state, re-stamped
+    assert b.read_all() == {"backend/x": {"owner": "a", "n": 1}}  # a's last good state
     with pytest.raises(StaleEpochError, match="^checkpoint write with epoch 1 refused: epoch 2 owns 'ns'$"):
-        a.write_checkpoint(ea, {"owner": "a", "n": 2})
-    b.write_checkpoint(eb, {"owner": "b"})
-    with pytest.raises(StaleEpochError, match="epoch 1 refused: epoch 2 owns"):
-        a.write_checkpoint(ea, {"owner": "a", "n": 3})
-    assert a.read_checkpoint() == (eb, {"owner": "b"})
+        a.write(ea, {"backend/x": {"owner": "a", "n": 2}})
+    with pytest.raises(StaleEpochError, match="^checkpoint write with epoch 1 refused: epoch 2 owns 'ns'$"):
+        a.write(ea, {"endpoint/new": {"owner": "a"}})
+    with pytest.raises(StaleEpochError, match="epoch 1 refused"):
+        a.write(ea, {"backend/x": None})
+    b.write(eb, {"backend/x": {"owner": "b"}})
+    assert a.read_all() == {"backend/x": {"owner": "b"}}
     assert a.current_epoch() == b.current_epoch() == 2
 
 
-def test_a_fresh_namespace_reads_none_even_after_acquire(memory):
-    store = CheckpointStore(memory, "ns")
-    assert store.read_checkpoint() is None and store.current_epoch() == 0
+def test_a_fresh_namespace_reads_empty_before_and_after_acquire(memory):
+    store = RecordStore(memory, "ns")
+    assert store.read_all() == {} and store.current_epoch() == 0
     epoch = store.acquire_epoch()
-    assert store.read_checkpoint() is None
-    store.write_checkpoint(epoch, {})
-    assert store.read_checkpoint() == (epoch, {})
+    assert store.read_all() == {} and store.current_epoch() == epoch == 1
+    store.write(epoch, {"goal/g": {}})
+    assert store.read_all() == {"goal/g": {}}
 
 
-@pytest.mark.parametrize("existing", [None, {"owner": "a", "n": 1}], ids=["no-state-yet", "state-exists"])
-def test_a_successor_acquiring_between_read_and_cas_refuses_the_old_write(memory, existing):
-    """A reads the checkpoint and the epoch key (both say epoch 1), then B acquires epoch 2,
-    then A's compare-and-set runs: it must not land."""
-    a_plain = CheckpointStore(memory, "ns")
-    ea = a_plain.acquire_epoch()
-    if existing is not None:
-        a_plain.write_checkpoint(ea, existing)
-    b = CheckpointStore(memory, "ns")
-    racing = InterleavingStore(memory, a_plain.checkpoint_key, hook=b.acquire_epoch)
-    a = CheckpointStore(racing, "ns")
+@pytest.mark.parametrize("name", ["backend/existing", "backend/new"], ids=["existing-name", "new-name"])
+def test_a_successor_claiming_between_fence_and_write_refuses_the_old_write(memory, name):
+    """The old writer is about to send its transaction when B claims the next epoch: the
+    transaction's own check must refuse it, for a name that existed and for a new one."""
+    first = RecordStore(memory, "ns")
+    ea = first.acquire_epoch()
+    first.write(ea, {"backend/existing": {"v": 1}})
+    b = RecordStore(memory, "ns")
+    racing = InterleavingStore(memory, hook=b.acquire_epoch, method="transact")
     with pytest.raises(StaleEpochError, match="epoch 1 refused: epoch 2 owns 'ns'"):
-        a.write_checkpoint(ea, {"owner": "a", "n": 2})
+        RecordStore(racing, "ns").write(ea, {name: {"v": "zombie"}})
     assert racing.hook_ran
-    expected = None if existing is None else (2, existing)
-    assert b.read_checkpoint() == expected
+    assert b.read_all() == {"backend/existing": {"v": 1}}
 
 
-def test_concurrent_acquires_take_distinct_epochs_and_the_last_one_owns(memory):
+def test_concurrent_acquires_take_distinct_contiguous_epochs(memory):
     taken: list[int] = []
+    seed = RecordStore(memory, "ns")
+    seed.write(0, {"backend/seed": {"v": True}})
 
     def acquire(_: int) -> None:
         for _ in range(10):
-            taken.append(CheckpointStore(memory, "ns").acquire_epoch())
+            taken.append(RecordStore(memory, "ns").acquire_epoch())
 
-    CheckpointStore(memory, "ns").write_checkpoint(0, {"seed": True})
     run_threads(4, acquire)
     assert sorted(taken) == list(range(1, 41))
-    assert CheckpointStore(memory, "ns").read_checkpoint() == (40, {"seed": True})
+    assert seed.current_epoch() == 40 and memory.get("ns/epoch") == b"40"
+    assert memory.list("ns/epochs/") == [f"ns/epochs/{n:020d}" for n in range(1, 41)]
+    assert seed.read_all() == {"backend/seed": {"v": True}}
 
 
-def test_an_acquire_that_finds_a_newer_stamp_is_refused(memory):
-    store = CheckpointStore(memory, "ns")
-    store.write_checkpoint(5, {"x": 1})  # written by an epoch the epoch key never saw
-    with pytest.raises(StaleEpochError, match="epoch 1 refused: epoch 5 already owns 'ns'"):
-        store.acquire_epoch()
+def test_acquire_epoch_does_not_touch_the_records(memory):
+    """The work of a controller start is the same for 10 records as for 1000."""
+    costs = []
+    for n in (10, 1000):
+        ns = f"ns{n}"
+        RecordStore(memory, ns).write(0, {f"backend/b{i}": {"i": i} for i in range(n)})
+        before = {k: memory.get(k) for k in memory.list(f"{ns}/records/")}
+        counting = CountingStore(memory)
+        RecordStore(counting, ns).acquire_epoch()
+        costs.append(counting.calls)
+        assert {k: memory.get(k) for k in memory.list(f"{ns}/records/")} == before
+    assert costs[0] == costs[1]
+    assert sum(costs[0].values()) <= 4  # list claims, claim, read and raise ns/epoch
+
+
+def test_check_epoch_is_one_read_and_refuses_a_stale_epoch(memory):
+    counting = CountingStore(memory)
+    store = RecordStore(counting, "ns")
+    epoch = store.acquire_epoch()
+    counting.calls.clear()
+    store.check_epoch(epoch)
+    assert counting.calls == {"get": 1}
+    RecordStore(memory, "ns").acquire_epoch()
+    RecordStore(memory, "ns").acquire_epoch()
+    with pytest.raises(StaleEpochError, match="^epoch 1 is stale: epoch 3 owns 'ns'$"):
+        store.check_epoch(epoch)
+    store.check_epoch(3)
 
 
 def test_namespaces_are_independent(memory):
-    a, b = CheckpointStore(memory, "one"), CheckpointStore(memory, "two")
-    ea, eb = a.acquire_epoch(), b.acquire_epoch()
-    a.write_checkpoint(ea, {"ns": "one"})
-    b.write_checkpoint(eb, {"ns": "two"})
-    assert (a.read_checkpoint(), b.read_checkpoint()) == ((1, {"ns": "one"}), (1, {"ns": "two"}))
+    a, b = RecordStore(memory, "one"), RecordStore(memory, "two")
+    ea = a.acquire_epoch()
+    a.acquire_epoch()
+    eb = b.acquire_epoch()
+    a.write(2, {"backend/x": {"ns": "one"}})
+    b.write(eb, {"backend/x": {"ns": "two"}})
+    with pytest.raises(StaleEpochError):
+        a.write(ea, {"backend/x": {}})
+    assert (a.read_all(), b.read_all()) == ({"backend/x": {"ns": "one"}}, {"backend/x": {"ns": "two"}})
+    assert (a.current_epoch(), b.current_epoch()) == (2, 1)
 
 
-def test_corrupt_primary_falls_back_to_backup_and_owner_may_overwrite_it(memory):
-    store = CheckpointStore(memory, "ns")
+def test_a_write_is_one_transaction_that_fails_whole(memory):
+    store = RecordStore(memory, "ns")
     epoch = store.acquire_epoch()
-    store.write_checkpoint(epoch, {"v": 1})
-    memory.put(store.checkpoint_key, b"{ torn")
-    assert store.read_checkpoint() == (epoch, {"v": 1})
-    assert "checkpoint 'ns/checkpoint' is not valid JSON" in store.recovered_from_backup
-    store.write_checkpoint(epoch, {"v": 2})  # the owner replaces unreadable bytes
-    assert CheckpointStore(memory, "ns").read_checkpoint() == (epoch, {"v": 2})
-    with pytest.raises(StaleEpochError):  # ...but a stale writer still may not
-        memory.put(store.checkpoint_key, b"{ torn")
-        store.write_checkpoint(epoch - 1, {"v": 0})
+    store.write(epoch, {"backend/a": {"v": 1}, "backend/b": {"v": 1}})
+    before = {k: memory.get(k) for k in memory.list("")}
+    faulty = FaultyStore(memory, fail_at=1)
+    with pytest.raises(InjectedFault):
+        RecordStore(faulty, "ns").write(
+            epoch, {"backend/a": {"v": 2}, "backend/b": None, "backend/c": {"v": 2}},
+            blobs={hashlib.sha256(b"code").hexdigest(): b"code"})
+    assert faulty.mutations == 1  # the whole change was one call
+    assert {k: memory.get(k) for k in memory.list("")} == before
+
+
+def test_deleting_a_record_removes_it_and_its_copy(memory):
+    store = RecordStore(memory, "ns")
+    epoch = store.acquire_epoch()
+    store.write(epoch, {"backend/a": {"v": 1}, "endpoint/e": {"v": 1}})
+    store.write(epoch, {"backend/a": None, "goal/never-written": None})
+    assert memory.list("ns/records/") == ["ns/records/endpoint/e"]
+    assert memory.list("ns/backup/") == ["ns/backup/endpoint/e"]
+    assert store.read_all() == {"endpoint/e": {"v": 1}}
+
+
+def test_a_record_named_like_a_copy_keeps_its_own_key(memory):
+    """Names may contain dots: 'endpoint/x.backup' is a record, not endpoint/x's copy."""
+    store = RecordStore(memory, "ns")
+    epoch = store.acquire_epoch()
+    store.write(epoch, {"endpoint/x": {"v": "x"}, "endpoint/x.backup": {"v": "other"}})
+    memory.put(store.key("endpoint/x"), b"torn")
+    assert store.read_all() == {"endpoint/x": {"v": "x"}, "endpoint/x.backup": {"v": "other"}}
+
+
+def test_corrupt_primary_is_served_from_its_copy_and_the_owner_rewrites_it(memory):
+    store = RecordStore(memory, "ns")
+    epoch = store.acquire_epoch()
+    store.write(epoch, {"backend/a": {"v": 1}, "backend/b": {"v": 1}})
+    memory.put(store.key("backend/a"), b"{ torn")
+    assert store.read_all() == {"backend/a": {"v": 1}, "backend/b": {"v": 1}}
+    assert len(store.recovered_from_backup) == 1
+    assert "checkpoint 'ns/records/backend/a' is not valid JSON" in store.recovered_from_backup[0]
+    store.write(epoch, {"backend/a": {"v": 2}})  # the owner replaces unreadable bytes
+    fresh = RecordStore(memory, "ns")
+    assert fresh.read_all()["backend/a"] == {"v": 2} and fresh.recovered_from_backup == []
 
 
 def test_both_copies_corrupt_is_refused_naming_the_primary(memory):
-    store = CheckpointStore(memory, "ns")
-    store.write_checkpoint(store.acquire_epoch(), {"v": 1})
-    memory.put(store.checkpoint_key, b"garbage")
-    memory.put(store.backup_key, b"garbage too")
-    with pytest.raises(CorruptCheckpointError, match="checkpoint 'ns/checkpoint' is not valid JSON"):
-        CheckpointStore(memory, "ns").read_checkpoint()
-    with pytest.raises(CorruptCheckpointError, match="checkpoint 'ns/checkpoint'"):
-        CheckpointStore(memory, "ns").acquire_epoch()
-
-
-def test_repair_from_backup_keeps_the_fence(memory):
-    store = CheckpointStore(memory, "ns")
-    store.write_checkpoint(store.acquire_epoch(), {"v": 1})
-    newer = CheckpointStore(memory, "ns")
-    e2 = newer.acquire_epoch()  # re-stamps the primary only; the backup still says epoch 1
-    memory.put(store.checkpoint_key, b"garbage")
-    newer.repair_from_backup()
-    assert newer.read_checkpoint() == (e2, {"v": 1}) and newer.recovered_from_backup is None
-    newer.write_checkpoint(e2, {"v": 2})
-    newer.repair_from_backup()  # a readable primary is left alone
-    assert newer.read_checkpoint() == (e2, {"v": 2})
+    store = RecordStore(memory, "ns")
+    store.write(store.acquire_epoch(), {"backend/a": {"v": 1}})
+    memory.put(store.key("backend/a"), b"garbage")
+    memory.put(store.backup_key("backend/a"), b"garbage too")
+    with pytest.raises(CorruptCheckpointError, match="checkpoint 'ns/records/backend/a' is not valid JSON"):
+        RecordStore(memory, "ns").read_all()
+    memory.delete(store.backup_key("backend/a"))
+    with pytest.raises(CorruptCheckpointError, match="checkpoint 'ns/records/backend/a' is not valid JSON"):
+        RecordStore(memory, "ns").read_all()
 
 
 def test_blobs_are_stored_once_under_their_hash_and_verified(memory):
-    store = CheckpointStore(memory, "ns")
+    store = RecordStore(memory, "ns")
     data = b"\x80cloudpickle\x00bytes"
     digest = store.put_blob(data)
     assert digest == hashlib.sha256(data).hexdigest()
     assert store.put_blob(data) == digest
-    assert memory.list("ns/blob/") == [f"ns/blob/{digest}"]
+    assert memory.list("ns/blob/") == [f"ns/blob/{digest}"] and store.blob_digests() == {digest}
     assert store.get_blob(digest) == data
     memory.put(f"ns/blob/{digest}", b"bit rot")
     with pytest.raises(CorruptCheckpointError, match=f"blob 'ns/blob/{digest}' fails its content hash"):
@@ -144,7 +196,56 @@ def test_blobs_are_stored_once_under_their_hash_and_verified(memory):
         store.get_blob("00ff")
 
 
-def test_a_garbled_epoch_key_is_refused_naming_it(memory):
-    memory.put("ns/epoch", b"seven")
-    with pytest.raises(CorruptCheckpointError, match="epoch key 'ns/epoch' holds b'seven'; it must be a decimal"):
-        CheckpointStore(memory, "ns").acquire_epoch()
+def test_blobs_are_written_and_deleted_with_the_records_that_name_them(memory):
+    store = RecordStore(memory, "ns")
+    epoch = store.acquire_epoch()
+    old, new = b"old code", b"new code"
+    old_hash, new_hash = hashlib.sha256(old).hexdigest(), hashlib.sha256(new).hexdigest()
+    store.write(epoch, {"backend/a": {"code": old_hash}}, blobs={old_hash: old})
+    store.write(epoch, {"backend/a": {"code": new_hash}}, blobs={new_hash: new, old_hash: None})
+    assert store.blob_digests() == {new_hash} and store.get_blob(new_hash) == new
+    RecordStore(memory, "ns").acquire_epoch()  # a successor
+    with pytest.raises(StaleEpochError):  # blob writes are fenced with the records
+        store.write(epoch, {}, blobs={new_hash: None})
+    assert store.blob_digests() == {new_hash}
+
+
+_CODE = b"code"
+_CODE_HASH = hashlib.sha256(_CODE).hexdigest()
+
+
+@pytest.mark.parametrize("epoch, records, blobs, match", [
+    (1, {"backend/a": {"v": 2}, "backend/b": {"x": object()}}, None, "not JSON-serializable"),
+    (1, {"backend/a": {"v": 2}, "backend/b": [1, 2]}, None,
+     "record 'backend/b' is a list; a record is a dict of JSON values"),
+    (1, {"backend/a": {"v": 2}, "": {}}, None, "record name '' is invalid"),
+    (1, {"backend/a": {"v": 2}}, {_CODE_HASH: b"other bytes"}, "does not hash to its name"),
+    (1, {"backend/a": {"v": 2}}, {"ab" * 10: None},
+     "blob name 'abab.*' is invalid; blobs are named by the sha256"),
+    (1, {"backend/a": {"v": 2}}, {_CODE_HASH: "text"}, "is a str; blobs must be bytes"),
+    (-1, {}, None, "checkpoint epoch -1 is invalid"),
+], ids=["not-json", "not-a-dict", "empty-name", "wrong-hash", "bad-blob-name", "str-blob", "negative-epoch"])
+def test_bad_input_is_refused_before_anything_is_sent(memory, epoch, records, blobs, match):
+    store = RecordStore(memory, "ns")
+    store.write(store.acquire_epoch(), {"backend/a": {"v": 1}})
+    counting = CountingStore(memory)
+    with pytest.raises(InvalidInputError, match=match):
+        RecordStore(counting, "ns").write(epoch, records, blobs=blobs)
+    assert counting.calls == {}
+    assert store.read_all() == {"backend/a": {"v": 1}}
+
+
+def test_the_informational_epoch_key_follows_the_highest_claim(memory):
+    memory.put("ns/epoch", b"seven")  # nothing relies on it: garbage there is overwritten
+    store = RecordStore(memory, "ns")
+    assert store.acquire_epoch() == 1 and memory.get("ns/epoch") == b"1"
+    memory.put("ns/epoch", b"9")  # never lowered, never trusted
+    assert store.acquire_epoch() == 2 and memory.get("ns/epoch") == b"9"
+    assert store.current_epoch() == 2
+
+
+def test_a_foreign_key_among_the_claims_is_refused_naming_it(memory):
+    memory.put("ns/epochs/latest", b"1")
+    with pytest.raises(CorruptCheckpointError,
+                       match="epoch claim key 'ns/epochs/latest' does not end in a 20-digit epoch"):
+        RecordStore(memory, "ns").acquire_epoch()

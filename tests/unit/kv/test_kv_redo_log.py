@@ -1,0 +1,139 @@
+"""RecordStore on a store without atomic transactions (the Ray GCS KV): the redo log.
+
+``FaultyStore(memory, fail_at=k, atomic=False)`` applies a transaction one key at a time, as
+the GCS store does, and fails the k-th single-key write: a crash of the writer at that point.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from serveplane.exceptions import CorruptCheckpointError, StaleEpochError
+from serveplane.kv_store import MemoryKVStore, RecordStore
+from tests.unit.kv.kv_helpers import FaultyStore, InjectedFault, InterleavingStore
+
+BEFORE = {"backend/a": {"v": 1}, "backend/b": {"v": 1}, "endpoint/e": {"v": 1}}
+CHANGE = {"backend/a": {"v": 2}, "backend/b": None, "endpoint/f": {"v": 2}}
+AFTER = {"backend/a": {"v": 2}, "endpoint/e": {"v": 1}, "endpoint/f": {"v": 2}}
+
+
+@pytest.fixture
+def memory():
+    return MemoryKVStore(f"memory://{uuid.uuid4().hex}")
+
+
+def non_atomic(memory, fail_at=None):
+    return FaultyStore(memory, fail_at=fail_at, atomic=False)
+
+
+def keys(memory):
+    return {k: memory.get(k) for k in memory.list("ns/") if not k.startswith("ns/epoch")}
+
+
+def test_a_change_cut_short_at_any_write_is_completed_by_the_next_controller(memory):
+    """Fail the 1st, 2nd, ... single-key write of one change: before its log is written the
+    change never happened; after, the next controller's acquire_epoch completes it."""
+    seen_half_applied = False
+    for fail_at in range(1, 20):
+        ns_store = MemoryKVStore(f"memory://{uuid.uuid4().hex}")
+        owner = RecordStore(non_atomic(ns_store), "ns")
+        epoch = owner.acquire_epoch()
+        owner.write(epoch, BEFORE)
+        faulty = non_atomic(ns_store, fail_at=fail_at)
+        try:
+            RecordStore(faulty, "ns").write(epoch, CHANGE)
+        except InjectedFault:
+            pass
+        if not faulty.faulted:  # the change needed fewer writes: it completed
+            assert RecordStore(ns_store, "ns").read_all() == AFTER and ns_store.get("ns/txn") is None
+            break
+        seen_half_applied |= RecordStore(ns_store, "ns").read_all() not in (BEFORE, AFTER)
+        successor = RecordStore(non_atomic(ns_store), "ns")
+        assert successor.acquire_epoch() == epoch + 1
+        assert successor.read_all() == (BEFORE if fail_at == 1 else AFTER), f"fault at write {fail_at}"
+        assert ns_store.get("ns/txn") is None
+    else:
+        pytest.fail("the change never completed")
+    assert seen_half_applied, "no fault fell inside the change; the test proves nothing"
+
+
+def test_a_controller_completes_its_own_cut_short_change_before_its_next_one(memory):
+    owner = RecordStore(non_atomic(memory), "ns")
+    epoch = owner.acquire_epoch()
+    owner.write(epoch, BEFORE)
+    faulty = non_atomic(memory, fail_at=3)  # log, then the first key, then the fault
+    store = RecordStore(faulty, "ns")
+    with pytest.raises(InjectedFault):
+        store.write(epoch, CHANGE)
+    assert store.read_all() not in (BEFORE, AFTER)
+    faulty.fail_at = None  # the store is back
+    store.write(epoch, {"goal/g": {"backend": "a"}})
+    assert store.read_all() == {**AFTER, "goal/g": {"backend": "a"}}
+    assert memory.get("ns/txn") is None
+
+
+def test_a_zombies_leftover_log_is_discarded_not_replayed(memory):
+    """Epoch 1 checks its fence, pauses; epoch 2 claims; epoch 1 logs its change and is
+    refused. Epoch 2 dies before writing. Epoch 3 must not replay epoch 1's change."""
+    zombie_plain = RecordStore(non_atomic(memory), "ns")
+    e1 = zombie_plain.acquire_epoch()
+    zombie_plain.write(e1, BEFORE)
+    successor = RecordStore(non_atomic(memory), "ns")
+    racing = InterleavingStore(non_atomic(memory), hook=successor.acquire_epoch, method="put")
+    with pytest.raises(StaleEpochError, match="epoch 1 refused: epoch 2 owns 'ns'"):
+        RecordStore(racing, "ns").write(e1, CHANGE)
+    assert racing.hook_ran and memory.get("ns/txn") is not None  # the leftover
+    third = RecordStore(non_atomic(memory), "ns")
+    assert third.acquire_epoch() == 3
+    assert third.read_all() == BEFORE
+    assert memory.get("ns/txn") is None
+
+
+def test_a_stale_writer_leaves_no_log(memory):
+    old = RecordStore(non_atomic(memory), "ns")
+    e1 = old.acquire_epoch()
+    RecordStore(non_atomic(memory), "ns").acquire_epoch()
+    for records in ({"backend/a": {"v": 1}}, {}):
+        with pytest.raises(StaleEpochError,
+                           match="^checkpoint write with epoch 1 refused: epoch 2 owns 'ns'$"):
+            old.write(e1, records)
+    assert keys(memory) == {}
+
+
+def test_a_change_logged_just_before_a_successor_claims_is_completed_by_the_successor(memory):
+    """The GCS ambiguity: the old writer logged its change, then the successor claimed (and
+    completed the log, as it would after a crash), then the old writer's own writes were
+    refused. The change lands whole, as if written before the claim, though its writer was
+    told it was refused."""
+    old = RecordStore(non_atomic(memory), "ns")
+    e1 = old.acquire_epoch()
+    old.write(e1, BEFORE)
+    successor = RecordStore(non_atomic(memory), "ns")
+    racing = InterleavingStore(non_atomic(memory), hook=successor.acquire_epoch, method="transact")
+    with pytest.raises(StaleEpochError, match="epoch 1 refused: epoch 2 owns 'ns'"):
+        RecordStore(racing, "ns").write(e1, CHANGE)
+    assert racing.hook_ran and successor.read_all() == AFTER
+    assert memory.get("ns/txn") is None
+
+
+def test_a_completed_change_leaves_only_live_keys(memory):
+    store = RecordStore(non_atomic(memory), "ns")
+    epoch = store.acquire_epoch()
+    store.write(epoch, BEFORE)
+    store.write(epoch, {name: None for name in BEFORE})
+    assert keys(memory) == {}
+
+
+@pytest.mark.parametrize("damage, match", [
+    (b"{ torn", "redo log 'ns/txn' is damaged \\(checkpoint 'ns/txn' is not valid JSON"),
+    (None, "redo log 'ns/txn' writes key 'other/records/x', outside its namespace"),
+], ids=["torn", "foreign-key"])
+def test_a_damaged_log_is_refused_naming_its_key_and_the_fix(memory, damage, match):
+    from serveplane.kv_store.codec import encode_checkpoint
+
+    RecordStore(non_atomic(memory), "ns").acquire_epoch()
+    memory.put("ns/txn", damage or encode_checkpoint({"writes": {"other/records/x": None}}, 1))
+    with pytest.raises(CorruptCheckpointError, match=match + ".*Delete 'ns/txn' to start without it"):
+        RecordStore(non_atomic(memory), "ns").acquire_epoch()
