@@ -79,6 +79,7 @@ class BackendConfig(_Model):
     health_check_period_s: float = Field(10.0, gt=0)
     health_check_timeout_s: float = Field(30.0, gt=0)
     health_check_failure_threshold: int = Field(3, ge=1)
+    startup_timeout_s: float = Field(600.0, gt=0)
     autoscaling_config: AutoscalingConfig | None = None
 
     @field_validator("user_config")

@@ -50,6 +50,10 @@ class EndpointNotFoundError(NotFoundError, InvalidInputError):
     pass
 
 
+class GoalNotFoundError(NotFoundError, InvalidInputError):
+    """A goal id this controller never issued (or forgot long after it finished)."""
+
+
 # -- back-pressure -----------------------------------------------------------
 class BackPressureError(ServeplaneError):
     """Every replica is full and the router's queue is at its limit: retry later."""

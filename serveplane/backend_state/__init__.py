@@ -1,7 +1,8 @@
 """Target and current state of every backend; the replica state machine; the Ray wrapper."""
 
-from serveplane.backend_state.backend import Action, BackendRecord, BackendState, BackendUpdate
+from serveplane.backend_state.backend import Action, BackendState, BackendUpdate
 from serveplane.backend_state.manager import BackendStateManager
+from serveplane.backend_state.record import BackendRecord
 from serveplane.backend_state.replica import (
     HealthStatus,
     ProbeStatus,

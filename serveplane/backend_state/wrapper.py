@@ -1,23 +1,33 @@
 """``ReplicaActorWrapper``: the one place that makes Ray calls about a replica.
 
-Every method fires a Ray call or polls the future of one; none blocks the controller's
-event loop. Replicas are named, detached actors with ``max_restarts=0``: the controller,
-not Ray, decides when to replace a dead replica.
+Observations (``check_*``, ``health_due``, ``stop_finished``, ``next_health_at``) only read
+futures and local fields; actions (``start``, ``reconfigure``, ``send_health_check``,
+``begin_stop``, ``kill``) call Ray. ``kill`` may block on Ray (the controller runs it off
+its event loop); the others only submit. Replicas are named, detached actors with
+``max_restarts=0``: the controller, not Ray, decides when to replace a dead replica.
+
+Transient is not death: a health check that fails with ``ActorUnavailableError`` (the
+actor is unreachable for now, e.g. its node is overloaded or reconnecting) counts as a
+failed check and is retried after a short back-off; only ``ActorDiedError`` is DEAD.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 
+from serveplane.backend_state.record import actor_max_concurrency
 from serveplane.backend_state.replica import HealthStatus, ProbeStatus
 from serveplane.records import replica_actor_name
 
 logger = logging.getLogger(__name__)
+
+UNAVAILABLE_RETRY_S = 0.5
 
 _remote_cls: Any = None
 
@@ -33,15 +43,18 @@ def _replica_remote_class() -> Any:
 
 @dataclass(frozen=True)
 class ReplicaSpec:
-    """Everything needed to start one replica of one backend version."""
+    """Everything needed to start one replica of one backend version. The controller fills
+    in the blobs (by hash, from its store) just before the start action runs."""
 
     backend: str
     version: str
-    user_config_version: str
-    code_blob: bytes
-    init_blob: bytes
+    config_version: str
+    code_hash: str
+    init_hash: str
     config: dict[str, Any]
     actor_options: dict[str, Any] = field(default_factory=dict)
+    code_blob: bytes = b""
+    init_blob: bytes = b""
 
 
 def _probe(fut: Future | None) -> tuple[ProbeStatus, str | None]:
@@ -60,6 +73,14 @@ def _describe(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, ray.exceptions.ActorUnavailableError)
+
+
+def is_death(exc: BaseException) -> bool:
+    return isinstance(exc, ray.exceptions.RayActorError) and not is_transient(exc)
+
+
 class ReplicaActorWrapper:
     def __init__(self, backend: str, replica_tag: str, namespace: str) -> None:
         self.backend = backend
@@ -68,20 +89,23 @@ class ReplicaActorWrapper:
         self.actor_name = replica_actor_name(backend, replica_tag)
         self.actor_handle: Any = None
         self.version: str | None = None
-        self.user_config_version: str | None = None
+        self.config_version: str | None = None
         self.node_id: str | None = None
         self._ready: Future | None = None
         self._reconfigure: Future | None = None
         self._health: Future | None = None
-        self._health_sent_at = 0.0
+        self._health_sent_at = -math.inf
+        self._next_health_at = 0.0
         self._health_failures = 0
         self._stop: Future | None = None
-        self._stop_deadline = 0.0
+        self._stop_deadline = -math.inf
         self._health_period_s = 10.0
         self._health_timeout_s = 30.0
         self._health_threshold = 3
 
     def set_health_options(self, period_s: float, timeout_s: float, threshold: int) -> None:
+        if self._next_health_at > 0:
+            self._next_health_at += period_s - self._health_period_s
         self._health_period_s = period_s
         self._health_timeout_s = timeout_s
         self._health_threshold = threshold
@@ -91,16 +115,17 @@ class ReplicaActorWrapper:
         options = dict(spec.actor_options)
         options.setdefault("num_cpus", 0 if "num_gpus" in options else 1)
         self.version = spec.version
-        self.user_config_version = spec.user_config_version
+        self.config_version = spec.config_version
+        mcq = int(spec.config.get("max_concurrent_queries", 100))
         self.actor_handle = _replica_remote_class().options(
             name=self.actor_name, namespace=self.namespace, lifetime="detached",
-            max_restarts=0, max_concurrency=max(1000, spec.config.get("max_concurrent_queries", 100) * 2),
-            **options,
+            max_restarts=0, max_concurrency=actor_max_concurrency(mcq), **options,
         ).remote(spec.backend, self.replica_tag, spec.code_blob, spec.init_blob, spec.config,
-                 spec.version, spec.user_config_version)
+                 spec.version, spec.config_version)
         self._ready = self.actor_handle.ready.remote().future()
 
     def recover(self) -> bool:
+        """Find the named actor again (a blocking GCS lookup; recovery runs before the loop)."""
         try:
             self.actor_handle = ray.get_actor(self.actor_name, namespace=self.namespace)
         except ValueError:
@@ -115,23 +140,31 @@ class ReplicaActorWrapper:
             self.node_id = meta.get("node_id")
             if self.version is None:  # recovered: learn the versions from the replica
                 self.version = meta.get("version")
-                self.user_config_version = meta.get("user_config_version")
+                self.config_version = meta.get("config_version")
         return status, err
 
     # -- reconfigure -------------------------------------------------------------
-    def reconfigure(self, user_config: Any, user_config_version: str) -> None:
-        self.user_config_version = user_config_version
-        self._reconfigure = self.actor_handle.reconfigure.remote(user_config, user_config_version).future()
+    def reconfigure(self, config: dict[str, Any], config_version: str) -> None:
+        self._reconfigure = self.actor_handle.reconfigure.remote(config, config_version).future()
+        self.config_version = config_version
 
     def check_reconfigured(self) -> tuple[ProbeStatus, str | None]:
         return _probe(self._reconfigure)
 
     # -- health ------------------------------------------------------------------
+    def next_health_at(self) -> float:
+        return self._next_health_at if self._health is None else -math.inf
+
+    def health_due(self, now: float) -> bool:
+        return self._health is None and now >= self._next_health_at
+
+    def send_health_check(self, now: float) -> None:
+        self._health_sent_at = now
+        self._next_health_at = now + self._health_period_s
+        self._health = self.actor_handle.check_health.remote().future()
+
     def check_health(self, now: float) -> HealthStatus:
         if self._health is None:
-            if now - self._health_sent_at >= self._health_period_s:
-                self._health = self.actor_handle.check_health.remote().future()
-                self._health_sent_at = now
             return HealthStatus.HEALTHY
         if not self._health.done():
             if now - self._health_sent_at > self._health_timeout_s:
@@ -146,9 +179,12 @@ class ReplicaActorWrapper:
         if exc is None:
             self._health_failures = 0
             return HealthStatus.HEALTHY
-        if isinstance(exc, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)):
+        if is_death(exc):
             return HealthStatus.DEAD
         self._health_failures += 1
+        if is_transient(exc):  # unreachable for now: look again soon, not after a whole period
+            self._next_health_at = min(self._next_health_at,
+                                       now + UNAVAILABLE_RETRY_S * 2 ** (self._health_failures - 1))
         logger.warning("health check of %s failed (%d/%d): %s", self.actor_name,
                        self._health_failures, self._health_threshold, _describe(exc))
         if self._health_failures >= self._health_threshold:
@@ -158,8 +194,7 @@ class ReplicaActorWrapper:
     def probe_now(self) -> None:
         """Check health on the next pass instead of waiting for the period (a router saw
         this replica fail)."""
-        if self._health is None:
-            self._health_sent_at = float("-inf")
+        self._next_health_at = -math.inf
 
     # -- stop --------------------------------------------------------------------
     def begin_stop(self, graceful_timeout_s: float, now: float) -> None:
@@ -167,25 +202,20 @@ class ReplicaActorWrapper:
         if self.actor_handle is None or graceful_timeout_s <= 0:
             self._stop = None
             return
-        try:
-            self._stop = self.actor_handle.prepare_for_shutdown.remote(graceful_timeout_s).future()
-        except Exception:  # noqa: BLE001 - the actor may already be gone
-            self._stop = None
+        self._stop = self.actor_handle.prepare_for_shutdown.remote(graceful_timeout_s).future()
 
-    def check_stopped(self, now: float) -> bool:
-        """Kill once drained (or past the deadline); True once the actor is gone."""
-        if self._stop is not None and not self._stop.done() and now < self._stop_deadline:
-            return False
-        self.kill()
-        return True
+    def stop_finished(self, now: float) -> bool:
+        """Drained, or past the graceful deadline: time to kill."""
+        return self._stop is None or self._stop.done() or now >= self._stop_deadline
 
     def kill(self) -> None:
+        """Blocking: the controller runs this off its event loop."""
         if self.actor_handle is None:
             try:
                 self.actor_handle = ray.get_actor(self.actor_name, namespace=self.namespace)
             except ValueError:
-                return
+                return  # never created, or already gone
         try:
             ray.kill(self.actor_handle, no_restart=True)
-        except Exception:  # noqa: BLE001 - already dead is fine
-            pass
+        except ValueError:
+            pass  # already dead

@@ -1,13 +1,16 @@
-"""The controller actor: the one owner of hard state.
+"""The controller actor: the one owner of hard state, and its RPC surface.
 
 Invariants:
-- RPC handlers validate fully, then change the *target* under the write lock, write the
-  checkpoint (fenced by epoch), notify long-poll keys, and return a goal id. They never
-  await a replica actor.
-- The checkpoint is written before any replica actor is started (its name is in the
-  checkpoint first) and before any long-poll notify, so a restart can always find every
-  actor this controller created.
-- A controller that learns its epoch is stale stops acting: it cannot overwrite its successor.
+- every RPC that changes state validates fully, builds the ``Change`` (records, goals and
+  blobs), persists it in one atomic, fenced write, and only then commits memory and
+  notifies long-poll; a refused or failed call leaves memory and store as they were. No
+  RPC awaits a replica actor.
+- ``self._lock`` serializes those changes and the control step's decide-persist-commit
+  (``reconciler.py``); replica actions run outside it.
+- a controller whose epoch is stale (a successor started) never writes, never acts, and
+  stops its loop; its RPCs raise ``StaleEpochError``.
+- recovery reads only live records (no tombstones, no history), so its time depends on
+  the state that exists, not on how many calls made it.
 """
 
 from __future__ import annotations
@@ -17,18 +20,21 @@ import hashlib
 import json
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import ray
 
-from serveplane.backend_state import BackendRecord, BackendStateManager, ReplicaActorWrapper
-from serveplane.config import (
-    BackendConfig,
-    parse_backend_config,
-    validate_actor_options,
-)
+from serveplane.backend_state import BackendRecord, BackendState, BackendStateManager, ReplicaActorWrapper
+from serveplane.config import parse_backend_config, validate_actor_options
 from serveplane.controller.autoscaler import Autoscaler
-from serveplane.controller.goals import GoalManager
+from serveplane.controller.goals import Goal, GoalManager
+from serveplane.controller.persistence import (
+    Change,
+    IORunner,
+    Persistence,
+    thread_runner,
+)
+from serveplane.controller.reconciler import Reconciler, StepReport
 from serveplane.endpoint_state import EndpointRecord, EndpointState
 from serveplane.endpoint_state.state import validate_name
 from serveplane.exceptions import (
@@ -45,6 +51,15 @@ logger = logging.getLogger(__name__)
 
 CONTROL_LOOP_PERIOD_S = 0.1
 ORPHAN_SWEEP_PERIOD_S = 10.0
+EPOCH_CHECK_PERIOD_S = 1.0  # an idle zombie stops within this long (one store read each)
+
+FENCING_ATOMIC = ("atomic: every write checks the epoch in the same store transaction, and "
+                  "destructive actions run only after a write or an epoch read")
+FENCING_GCS = ("weaker on ray:// (GCS KV has no multi-key transaction): epochs are claimed "
+               "with GCS's atomic put-if-absent and checked before every write and "
+               "destructive action, but a controller paused between that check and its write "
+               "can still land one write after its successor started; a change interrupted "
+               "by a crash is completed from its redo log by the next controller")
 
 
 def blob_hash(blob: bytes) -> str:
@@ -62,16 +77,33 @@ def _check_json(tag: str, user_config: Any) -> None:
 
 
 class ServeController:
-    """Run as a named, detached async Ray actor (see ``serveplane.api.start``)."""
+    """Run as a named, detached async Ray actor (see ``serveplane.api.start``).
+
+    ``wrapper_factory``, ``run_io``, ``run_ray`` and ``clock`` are seams for unit tests and
+    the simulator (fake replicas, inline I/O, a fake clock).
+    """
 
     def __init__(self, kv_url: str, namespace: str, http_options: dict[str, Any] | None = None,
-                 wrapper_factory: Any = None, run_loop: bool = True) -> None:
+                 wrapper_factory: Any = None, run_loop: bool = True,
+                 run_io: IORunner | None = None, run_ray: IORunner | None = None,
+                 clock: Callable[[], float] = time.monotonic, store: Any = None,
+                 actors: Any = None) -> None:
         self._namespace = namespace
         self._kv_url = kv_url
         self._http_options = http_options
-        self._store = RecordStore(open_store(kv_url), namespace=f"serveplane/{namespace}")
-        self._epoch = self._store.acquire_epoch()
-        self._stale: StaleEpochError | None = None
+        self._clock = clock
+        self._pools: list[Any] = []
+        if run_io is None:
+            run_io, pool = thread_runner("serveplane-store")
+            self._pools.append(pool)
+        if run_ray is None:
+            run_ray, pool = thread_runner("serveplane-ray")
+            self._pools.append(pool)
+        self._run_ray = run_ray
+        self._actors: ActorDirectory = actors or RayActorDirectory(namespace)
+        records = RecordStore(store if store is not None else open_store(kv_url),
+                              namespace=f"serveplane/{namespace}")
+        self._persistence = Persistence(records, records.acquire_epoch(), run_io)
         self._long_poll = LongPollHost()
         self._lock = asyncio.Lock()
         factory: Callable[[str, str], Any] = wrapper_factory or (
@@ -80,13 +112,17 @@ class ServeController:
         self._endpoints = EndpointState(self._backends.exists)
         self._goals = GoalManager()
         self._autoscaler = Autoscaler()
+        self._reconciler = Reconciler(self._backends, self._goals, self._persistence,
+                                      self._autoscaler, self._lock, run_ray,
+                                      self._publish_replicas, self._publish_removed)
         self._router_stats: dict[str, tuple[float, dict[str, Any]]] = {}
-        self._blobs: dict[str, bytes] = {}
-        self._started_at = time.monotonic()
-        self._recovered_at: float | None = None
+        self._router_blobs: dict[str, bytes] = {}
         self._checkpoint_warning: str | None = None
-        self._last_sweep = 0.0
+        self._last_sweep = clock()
+        self._last_epoch_check = clock()
+        started = time.perf_counter()
         self._recover()
+        self.recovery_s = time.perf_counter() - started
         self._loop_task: asyncio.Task | None = None
         self._shutting_down = False
         self._run_loop = run_loop
@@ -95,30 +131,46 @@ class ServeController:
         except RuntimeError:
             pass  # no loop yet (unit tests); the first RPC starts it
 
+    @property
+    def _epoch(self) -> int:
+        return self._persistence.epoch
+
+    @property
+    def _store(self) -> RecordStore:
+        return self._persistence.store
+
     # -- recovery ----------------------------------------------------------------
     def _recover(self) -> None:
-        records = self._store.read_all()
-        if self._store.recovered_from_backup:
-            self._checkpoint_warning = "; ".join(self._store.recovered_from_backup)
+        """Rebuild memory from live records; find the replica actors they name. Runs in the
+        constructor, before the event loop serves anything, so blocking here stalls no RPC."""
+        store = self._store
+        records = store.read_all()
+        if store.recovered_from_backup:
+            self._checkpoint_warning = "; ".join(store.recovered_from_backup)
             logger.error("checkpoint was corrupt (%s); recovered the last good state from its backup",
                          self._checkpoint_warning)
-        endpoints, goals = {}, {}
+        endpoints, goals = {}, []
+        now = self._clock()
+        refs = self._persistence.refs
         for name, payload in records.items():
             kind, _, key = name.partition("/")
             if kind == "backend":
                 record = BackendRecord.model_validate(payload)
-                code = self._store.get_blob(record.code_hash)
-                init = self._store.get_blob(record.init_hash)
-                self._backends.add(record, code, init).recover(record.replica_tags)
+                self._backends.add(record).recover(record.replica_tags, now)
+                refs.apply((), record.blob_hashes())
             elif kind == "endpoint":
                 endpoints[key] = payload
             elif kind == "goal":
-                goals[key] = payload["backend"]
+                goals.append(Goal.from_payload(key, payload))
         self._endpoints.load_checkpoint(endpoints)
         for endpoint in self._endpoints.records().values():
             if endpoint.router_blob_hash:
-                self._blobs[endpoint.router_blob_hash] = self._store.get_blob(endpoint.router_blob_hash)
-        self._goals.load_checkpoint(goals)
+                self._router_blobs[endpoint.router_blob_hash] = store.get_blob(endpoint.router_blob_hash)
+                refs.apply((), (endpoint.router_blob_hash,))
+        self._goals.load(goals)
+        unreferenced = store.blob_digests() - refs.referenced()
+        if unreferenced:  # left by a crash of the previous format; collect them now
+            store.write(self._epoch, {}, {digest: None for digest in unreferenced})
         for state in self._backends:
             self._publish_backend(state.tag)
         for name in self._endpoints.names():
@@ -127,92 +179,32 @@ class ServeController:
         logger.info("controller recovered epoch %d: %d backends, %d endpoints", self._epoch,
                     len(self._backends.tags()), len(self._endpoints.names()))
 
-    def _sweep_orphans(self) -> None:
-        """Kill replica actors in our namespace that no backend knows (e.g. from a crash)."""
-        known = self._backends.all_replica_names()
-        try:
-            named = ray.util.list_named_actors(all_namespaces=True)
-        except Exception:  # noqa: BLE001 - best effort
-            return
-        for entry in named:
-            name, ns = entry.get("name", ""), entry.get("namespace")
-            if ns == self._namespace and name.startswith(REPLICA_NAME_PREFIX) and name not in known:
-                try:
-                    ray.kill(ray.get_actor(name, namespace=ns), no_restart=True)
-                    logger.warning("killed orphaned replica actor %s", name)
-                except Exception:  # noqa: BLE001 - it may be gone already
-                    pass
+    # -- publish -----------------------------------------------------------------------
+    def _publish_replicas(self, state: BackendState) -> None:
+        self._long_poll.notify_changed(keys.replicas(state.tag), state.publish())
 
-    # -- checkpoint / publish ------------------------------------------------------
-    def _record(self, name: str) -> dict[str, Any] | None:
-        """The persisted form of one record (``backend/<tag>``, ``endpoint/<name>``,
-        ``goal/<id>``), or None when it no longer exists."""
-        kind, _, key = name.partition("/")
-        if kind == "backend":
-            state = self._backends.get_any(key)
-            return state.record.model_dump(mode="json") if state is not None else None
-        if kind == "endpoint":
-            return self._endpoints.get(key).model_dump(mode="json") if self._endpoints.exists(key) else None
-        backend = self._goals.to_checkpoint().get(key)
-        return {"backend": backend} if backend is not None else None
-
-    def _checkpoint(self, names: list[str]) -> None:
-        """Write the named records only: a change costs O(what it touched)."""
-        if self._stale is not None:
-            raise self._stale
-        if not names:
-            return
-        try:
-            self._store.write(self._epoch, {name: self._record(name) for name in names})
-        except StaleEpochError as exc:
-            self._stale = exc
-            logger.error("controller epoch %d is stale; it stops acting: %s", self._epoch, exc)
-            raise
+    def _publish_removed(self, tag: str) -> None:
+        self._long_poll.notify_changed(keys.replicas(tag), ())
 
     def _publish_backend(self, tag: str) -> None:
         state = self._backends.get_any(tag)
         if state is None:
             return
         self._long_poll.notify_changed(keys.backend_config(tag), state.backend_info())
-        self._long_poll.notify_changed(keys.replicas(tag), state.serving_infos())
+        self._publish_replicas(state)
 
     def _publish_endpoint(self, name: str) -> None:
         if self._endpoints.exists(name):
             record = self._endpoints.get(name)
-            blob = self._blobs.get(record.router_blob_hash) if record.router_blob_hash else None
+            blob = self._router_blobs.get(record.router_blob_hash) if record.router_blob_hash else None
             self._long_poll.notify_changed(keys.endpoint(name), record.info(blob))
         else:
             self._long_poll.notify_changed(keys.endpoint(name), None)
 
-    def _commit(self, state_change: Any, names: list[str]) -> None:
-        """Apply an in-memory change to the named records; undo it if the write fails."""
-        before = {name: self._record(name) for name in names}
-        goals_before = self._goals.to_checkpoint()
-        state_change()
-        goal_names = [f"goal/{g}" for g in sorted(set(goals_before) ^ set(self._goals.to_checkpoint()))]
-        try:
-            self._checkpoint(list(names) + goal_names)
-        except Exception:
-            self._restore(before, goals_before)
-            raise
-
-    def _restore(self, before: dict[str, dict[str, Any] | None], goals: dict[str, str]) -> None:
-        for name, payload in before.items():
-            kind, _, key = name.partition("/")
-            if kind == "backend":
-                if payload is None:
-                    self._backends.remove(key)
-                elif (state := self._backends.get_any(key)) is not None:
-                    state.set_target(BackendRecord.model_validate(payload))
-            elif kind == "endpoint":
-                if payload is None:
-                    self._endpoints.remove(key)
-                else:
-                    self._endpoints.put(EndpointRecord.model_validate(payload))
-        self._goals.load_checkpoint(goals)
-
     # -- control loop ----------------------------------------------------------------
     def _ensure_loop(self) -> None:
+        if self._persistence.stale is not None:
+            raise self._persistence.stale
         if not self._run_loop:
             return
         if self._loop_task is None or self._loop_task.done():
@@ -226,69 +218,64 @@ class ServeController:
         exc = task.exception()
         if exc is not None:
             logger.error("control loop crashed: %r; restarting it", exc)
-            if self._stale is None:
+            if self._persistence.stale is None:
                 self._loop_task = None
                 self._ensure_loop()
 
     async def _run_control_loop(self) -> None:
         while not self._shutting_down:
-            started = time.monotonic()
+            started = self._clock()
             try:
-                self.control_step(started)
+                await self.control_step(started)
             except StaleEpochError:
+                logger.error("controller epoch %d lost its namespace; the control loop stops",
+                             self._epoch)
                 return
             except Exception:  # noqa: BLE001 - logged; the loop must keep converging
                 logger.exception("control step failed")
-            await asyncio.sleep(max(0.0, CONTROL_LOOP_PERIOD_S - (time.monotonic() - started)))
+            await asyncio.sleep(max(0.0, CONTROL_LOOP_PERIOD_S - (self._clock() - started)))
 
-    def control_step(self, now: float) -> None:
-        """One reconcile pass: decide under the lock's protection (no awaits), then act."""
-        self._autoscale(now)
-        updates = self._backends.update(now)
-        # write-ahead: new replica names are stored before their actors start
-        self._checkpoint([f"backend/{tag}" for tag, u in updates.items() if u.names_changed])
-        for tag, update in updates.items():
-            for action in update.actions:
-                try:
-                    action.run(now)
-                except Exception:  # noqa: BLE001 - a bad action must not stop the loop
-                    logger.exception("action %s on %s failed", action.kind, action.replica)
-            state = self._backends.get_any(tag)
-            if state is None:
-                continue
-            if update.serving_changed:
-                self._long_poll.notify_changed(keys.replicas(tag), state.serving_infos())
-            if update.converged and state.record.deleting:
-                self._backends.remove(tag)
-                done = self._goals.complete(tag)
-                self._checkpoint([f"backend/{tag}"] + [f"goal/{g}" for g in done])
-                self._long_poll.notify_changed(keys.replicas(tag), ())
-            elif update.converged and self._goals.has_pending(tag):
-                done = self._goals.complete(tag)
-                self._checkpoint([f"goal/{g}" for g in done])
-            elif update.failure and self._goals.has_pending(tag):
-                self._goals.fail(tag, update.failure)
+    async def control_step(self, now: float) -> StepReport:
+        """One reconcile pass (see ``reconciler.py``), then the periodic orphan sweep."""
+        if now - self._last_epoch_check >= EPOCH_CHECK_PERIOD_S:
+            self._last_epoch_check = now
+            try:
+                owned = await self._persistence.check_epoch()
+            except Exception as exc:  # noqa: BLE001 - store unreachable: the step goes on
+                logger.warning("cannot check the epoch: %s", exc)
+                owned = True
+            if not owned:
+                raise self._persistence.stale or StaleEpochError(f"epoch {self._epoch} is stale")
+        report = await self._reconciler.step(now)
         if now - self._last_sweep > ORPHAN_SWEEP_PERIOD_S:
             self._last_sweep = now
-            self._sweep_orphans()
+            await self._sweep_orphans()
+        return report
 
-    def _autoscale(self, now: float) -> None:
-        changed: list[str] = []
-        for state in self._backends:
-            auto = state.record.config.autoscaling_config
-            if auto is None or state.record.deleting:
-                continue
-            running = len(state.serving_infos())
-            desired = self._autoscaler.decide(
-                state.tag, auto, state.record.target_replicas, running, running,
-                state.record.config.max_concurrent_queries, now)
-            if desired is not None:
-                state.set_target_replicas(desired)
-                changed.append(f"backend/{state.tag}")
-                logger.info("autoscaling %s to %d: %s", state.tag, desired,
-                            self._autoscaler.events[-1].reason)
-        self._checkpoint(changed)
+    async def _sweep_orphans(self) -> int:
+        """Kill replica actors of this namespace that no record names (left by a lost or
+        reset store, or by ``shutdown``). Fenced: a stale controller kills nothing, so a
+        zombie never takes its successor's replicas for orphans."""
+        try:
+            names = await self._run_ray(self._actors.replica_names)
+        except Exception:  # noqa: BLE001 - best effort, next period
+            return 0
+        known = self._backends.all_persisted_names()
+        orphans = [name for name in names if name not in known]
+        try:
+            if not orphans or not await self._persistence.check_epoch():
+                return 0
+        except Exception:  # noqa: BLE001 - store unreachable: no proof of ownership, no kills
+            return 0
+        for name in orphans:
+            try:
+                await self._run_ray(self._actors.kill, name)
+                logger.warning("killed orphaned replica actor %s", name)
+            except Exception:  # noqa: BLE001 - it may be gone already
+                pass
+        return len(orphans)
 
+    # -- router reports ------------------------------------------------------------------
     async def record_handle_metrics(self, router_id: str, per_backend: dict[str, dict[str, float]],
                                     router_stats: dict[str, Any] | None = None) -> None:
         """Routers push queued / in-flight / rate per backend (a few times a second at most)."""
@@ -349,14 +336,44 @@ class ServeController:
             return False
         for replica in state.replicas:
             if replica.wrapper.actor_name == actor_name:
-                probe = getattr(replica.wrapper, "probe_now", None)
-                if probe is not None:
-                    probe()
+                replica.wrapper.probe_now()
+                self._backends.mark_active(backend)
                 return True
         return False
 
     async def get_scaling_events(self) -> list[dict[str, Any]]:
         return [e.as_dict() for e in self._autoscaler.events]
+
+    # -- changes -----------------------------------------------------------------------
+    def _blob_writes(self, blobs: dict[str, bytes | None], removed: tuple[str, ...],
+                     added: tuple[str, ...]) -> dict[str, bytes | None]:
+        """New blobs that no record names yet, plus deletes of blobs no record will name."""
+        refs = self._persistence.refs
+        out: dict[str, bytes | None] = {d: data for d, data in blobs.items()
+                                        if data is not None and d not in refs.referenced()}
+        for digest in refs.released(removed, added):
+            out[digest] = None
+        return out
+
+    def _goal_for_unchanged(self, tag: str) -> tuple[Goal | None, str | None]:
+        """A call that changes nothing: the pending goal of the same change (a retry), or a
+        fresh goal that reports the failure when the backend cannot start, or no goal."""
+        pending = self._goals.latest_pending(tag)
+        if pending is not None:
+            return None, pending
+        state = self._backends.get_any(tag)
+        if state is not None and state.failed is not None:
+            return GoalManager.new(tag, "update"), None
+        return None, None
+
+    async def _persist_unchanged_goal(self, tag: str) -> str | None:
+        goal, existing = self._goal_for_unchanged(tag)
+        if goal is None:
+            return existing
+        await self._persistence.write(Change(records={goal.name: goal.payload()}))
+        self._goals.commit([goal])
+        self._backends.mark_active(tag)
+        return goal.id
 
     # -- backends ----------------------------------------------------------------------
     async def create_backend(self, tag: str, code_blob: bytes, init_blob: bytes,
@@ -374,29 +391,23 @@ class ServeController:
             existing = self._backends.get_any(tag)
             if existing is not None and not existing.record.deleting:
                 if existing.record.same_definition(record):
-                    return self._goals.pending_for(tag)[0] if self._goals.has_pending(tag) else None
+                    return await self._persist_unchanged_goal(tag)
                 raise DuplicateError(
                     f"backend {tag!r} already exists with a different definition; use "
                     "update_backend_config or update_backend to change it, or pick a new tag")
             if existing is not None:
                 raise DuplicateError(f"backend {tag!r} is still being deleted; retry shortly")
-            self._store_blob(code_blob, code_hash)
-            self._store_blob(init_blob, init_hash)
-            goal: list[str] = []
-
-            def change() -> None:
-                self._backends.add(record, code_blob, init_blob)
-                goal.append(self._goals.create(tag))
-
-            self._commit(change, [f"backend/{tag}"])
+            goal = GoalManager.new(tag, "create")
+            blobs = self._blob_writes({code_hash: code_blob, init_hash: init_blob}, (),
+                                      record.blob_hashes())
+            await self._persistence.write(Change(
+                records={f"backend/{tag}": record.model_dump(mode="json"), goal.name: goal.payload()},
+                blobs=blobs))
+            self._backends.add(record)
+            self._persistence.refs.apply((), record.blob_hashes())
+            self._goals.commit([goal])
             self._publish_backend(tag)
-            return goal[0]
-
-    def _store_blob(self, blob: bytes, expected_hash: str) -> None:
-        stored = self._store.put_blob(blob)
-        if stored != expected_hash:
-            raise RuntimeError(f"blob stored under {stored}, expected {expected_hash}")
-        self._blobs[expected_hash] = blob
+            return goal.id
 
     async def update_backend(self, tag: str, code_blob: bytes | None, init_blob: bytes | None,
                              actor_options: dict[str, Any] | None,
@@ -427,20 +438,22 @@ class ServeController:
                 replica_tags=old.replica_tags, target_replicas=target,
                 code_version=code_version if code_version is not None else old.code_version)
             if record == old:
-                return None
+                return await self._persist_unchanged_goal(tag)
+            goal = GoalManager.new(tag, "update")
+            new_blobs: dict[str, bytes | None] = {}
             if code_blob is not None:
-                self._store_blob(code_blob, code_hash)
+                new_blobs[code_hash] = code_blob
             if init_blob is not None:
-                self._store_blob(init_blob, init_hash)
-            goal: list[str] = []
-
-            def change() -> None:
-                state.set_target(record, code_blob, init_blob)
-                goal.append(self._goals.create(tag))
-
-            self._commit(change, [f"backend/{tag}"])
+                new_blobs[init_hash] = init_blob
+            await self._persistence.write(Change(
+                records={f"backend/{tag}": record.model_dump(mode="json"), goal.name: goal.payload()},
+                blobs=self._blob_writes(new_blobs, old.blob_hashes(), record.blob_hashes())))
+            state.set_target(record)
+            self._persistence.refs.apply(old.blob_hashes(), record.blob_hashes())
+            self._goals.commit([goal])
+            self._backends.mark_active(tag)
             self._publish_backend(tag)
-            return goal[0]
+            return goal.id
 
     async def update_backend_config(self, tag: str, config_update: dict[str, Any]) -> str | None:
         if not isinstance(config_update, dict):
@@ -468,27 +481,57 @@ class ServeController:
             if state is None:
                 return None
             if state.record.deleting:
-                pending = self._goals.pending_for(tag)
-                return pending[0] if pending else None
+                return self._goals.latest_pending(tag)
             users = self._endpoints.backends_in_use(tag)
             if users:
                 raise InUseError(
                     f"backend {tag!r} is still used by endpoint(s) {', '.join(users)}; remove it "
                     "from their traffic and shadows (or delete them) first")
-            goal: list[str] = []
-
-            def change() -> None:
-                if force:
-                    cfg = state.record.config.model_copy(update={"graceful_shutdown_timeout_s": 0.0})
-                    state.set_target(state.record.model_copy(update={"config": cfg}))
-                state.mark_deleting()
-                goal.append(self._goals.create(tag))
-
-            self._commit(change, [f"backend/{tag}"])
-            self._long_poll.notify_changed(keys.replicas(tag), ())
-            return goal[0]
+            cfg = state.record.config
+            if force:
+                cfg = cfg.model_copy(update={"graceful_shutdown_timeout_s": 0.0})
+            record = state.with_target(deleting=True, target_replicas=0, config=cfg)
+            goal = GoalManager.new(tag, "delete")
+            overtaken = GoalManager.finish(
+                self._goals.pending_for(tag),
+                f"backend {tag!r} was deleted before this change completed")
+            change = Change(records={f"backend/{tag}": record.model_dump(mode="json"),
+                                     goal.name: goal.payload()})
+            for finished in overtaken:
+                change.records[finished.name] = finished.payload()
+            await self._persistence.write(change)
+            state.set_target(record)
+            self._goals.commit([*overtaken, goal])
+            self._backends.mark_active(tag)
+            self._publish_removed(tag)
+            return goal.id
 
     # -- endpoints ---------------------------------------------------------------------
+    async def _commit_endpoint(self, record: EndpointRecord | None, name: str,
+                               router_blob: bytes | None = None, routes_changed: bool = False) -> None:
+        """Persist one endpoint record (``None``: delete) with its router blob, then commit."""
+        old = self._endpoints.get(name) if self._endpoints.exists(name) else None
+        removed = (old.router_blob_hash,) if old is not None and old.router_blob_hash else ()
+        added = (record.router_blob_hash,) if record is not None and record.router_blob_hash else ()
+        new_blobs: dict[str, bytes | None] = {added[0]: router_blob} if added and router_blob else {}
+        blobs = self._blob_writes(new_blobs, removed, added)
+        await self._persistence.write(Change(
+            records={f"endpoint/{name}": record.model_dump(mode="json") if record else None},
+            blobs=blobs))
+        if record is None:
+            self._endpoints.remove(name)
+        else:
+            self._endpoints.put(record)
+        self._persistence.refs.apply(removed, added)
+        if added and router_blob:
+            self._router_blobs[added[0]] = router_blob
+        for digest in removed:
+            if digest not in self._persistence.refs.referenced():
+                self._router_blobs.pop(digest, None)
+        self._publish_endpoint(name)
+        if routes_changed:
+            self._long_poll.notify_changed(keys.ROUTES, self._endpoints.routes())
+
     async def create_endpoint(self, name: str, backend: str, route: str | None,
                               methods: list[str] | None, router: Any = None,
                               router_blob: bytes | None = None, batch_size: int | None = None,
@@ -500,47 +543,33 @@ class ServeController:
                                                      batch_size, batch_timeout_s, router_hash)
             if record is None:
                 return
-            if router_blob is not None:
-                self._store_blob(router_blob, router_hash)  # type: ignore[arg-type]
-            self._commit(lambda: self._endpoints.put(record), [f"endpoint/{name}"])
-            self._publish_endpoint(name)
-            self._long_poll.notify_changed(keys.ROUTES, self._endpoints.routes())
+            await self._commit_endpoint(record, name, router_blob, routes_changed=True)
 
     async def delete_endpoint(self, name: str) -> None:
         async with self._lock:
             if not self._endpoints.exists(name):
                 return
-            self._commit(lambda: self._endpoints.remove(name), [f"endpoint/{name}"])
-            self._publish_endpoint(name)
-            self._long_poll.notify_changed(keys.ROUTES, self._endpoints.routes())
+            await self._commit_endpoint(None, name, routes_changed=True)
 
     async def set_traffic(self, name: str, traffic: dict[str, float]) -> None:
         async with self._lock:
-            record = self._endpoints.validate_traffic(name, traffic)
-            self._commit(lambda: self._endpoints.put(record), [f"endpoint/{name}"])
-            self._publish_endpoint(name)
+            await self._commit_endpoint(self._endpoints.validate_traffic(name, traffic), name)
 
     async def shadow_traffic(self, name: str, backend: str, proportion: float) -> None:
         async with self._lock:
-            record = self._endpoints.validate_shadow(name, backend, proportion)
-            self._commit(lambda: self._endpoints.put(record), [f"endpoint/{name}"])
-            self._publish_endpoint(name)
+            await self._commit_endpoint(self._endpoints.validate_shadow(name, backend, proportion), name)
 
     async def set_router(self, name: str, router: Any = None, router_blob: bytes | None = None) -> None:
         async with self._lock:
             router_hash = blob_hash(router_blob) if router_blob is not None else None
             record = self._endpoints.validate_router_change(
                 name, router if router_blob is None else _BlobRouter, router_hash)
-            if router_blob is not None:
-                self._store_blob(router_blob, router_hash)  # type: ignore[arg-type]
-            self._commit(lambda: self._endpoints.put(record), [f"endpoint/{name}"])
-            self._publish_endpoint(name)
+            await self._commit_endpoint(record, name, router_blob)
 
     async def set_batching(self, name: str, batch_size: int | None, batch_timeout_s: float) -> None:
         async with self._lock:
             record = self._endpoints.validate_batching_change(name, batch_size, batch_timeout_s)
-            self._commit(lambda: self._endpoints.put(record), [f"endpoint/{name}"])
-            self._publish_endpoint(name)
+            await self._commit_endpoint(record, name)
 
     async def list_endpoints(self) -> dict[str, dict[str, Any]]:
         return {name: r.public() for name, r in self._endpoints.records().items()}
@@ -553,10 +582,14 @@ class ServeController:
         return await self._long_poll.listen_for_change(keys_to_snapshot_ids)
 
     async def get_status(self) -> dict[str, Any]:
+        store = self._store
         return {"epoch": self._epoch, "kv_store": self._kv_url,
+                "fencing": FENCING_ATOMIC if store.atomic else FENCING_GCS,
+                "stale": self._persistence.stale is not None,
                 "backends": {s.tag: s.status() for s in self._backends},
                 "endpoints": {n: r.public() for n, r in self._endpoints.records().items()},
-                "pending_goals": len(self._goals.to_checkpoint()),
+                "pending_goals": len(self._goals.pending()),
+                "recovery_s": round(self.recovery_s, 4),
                 "checkpoint_warning": self._checkpoint_warning}
 
     async def get_epoch(self) -> int:
@@ -567,23 +600,51 @@ class ServeController:
         return True
 
     async def shutdown(self) -> None:
-        """Stop every replica and forget all state (the checkpoint too)."""
+        """Stop every replica and forget all state (the checkpoint and its blobs too)."""
         async with self._lock:
             self._shutting_down = True
             if self._loop_task is not None:
                 self._loop_task.cancel()
+            change = Change(
+                records={**{f"backend/{s.tag}": None for s in self._backends},
+                         **{f"endpoint/{n}": None for n in self._endpoints.names()},
+                         **{name: None for name in self._goals.all_names()}},
+                blobs={digest: None for digest in self._persistence.refs.referenced()})
+            await self._persistence.write(change)
             for state in self._backends:
                 for replica in state.replicas:
-                    replica.wrapper.kill()
-            names = ([f"backend/{s.tag}" for s in self._backends]
-                     + [f"endpoint/{n}" for n in self._endpoints.names()]
-                     + [f"goal/{g}" for g in self._goals.to_checkpoint()])
-            replacement: Callable[[str, str], Any] = lambda b, t: ReplicaActorWrapper(b, t, self._namespace)
-            self._backends = BackendStateManager(replacement)
-            self._sweep_orphans()
+                    try:
+                        await self._run_ray(replica.wrapper.kill)
+                    except Exception:  # noqa: BLE001 - already gone
+                        pass
+            for state in self._backends:
+                self._backends.remove(state.tag)
             self._endpoints.load_checkpoint({})
-            self._goals.load_checkpoint({})
-            self._checkpoint(names)
+            self._goals.load([])
+            self._persistence.refs.apply(self._persistence.refs.referenced(), ())
+        await self._sweep_orphans()
+
+
+class ActorDirectory(Protocol):
+    """The replica actors that exist, by name (blocking calls: run through ``run_ray``)."""
+
+    def replica_names(self) -> list[str]: ...
+    def kill(self, name: str) -> None: ...
+
+
+class RayActorDirectory:
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+
+    def replica_names(self) -> list[str]:
+        return [e["name"] for e in ray.util.list_named_actors(all_namespaces=True)
+                if e.get("namespace") == self.namespace and e.get("name", "").startswith(REPLICA_NAME_PREFIX)]
+
+    def kill(self, name: str) -> None:
+        try:
+            ray.kill(ray.get_actor(name, namespace=self.namespace), no_restart=True)
+        except ValueError:
+            pass  # gone already
 
 
 class _BlobRouter:

@@ -1,71 +1,134 @@
 """Goals: a client's change completes when its backend reaches the new target.
 
-A goal is pending until ``complete`` is called for its backend; pending goals are part of
-the checkpoint so that they still complete after a controller restart. A goal id the
-controller no longer knows completed before (only completed goals are forgotten).
+Every goal is a persisted record ``goal/<id>``: pending ones so that they still complete
+after a controller restart, finished ones (the last ``MAX_FINISHED``) so that a client that
+waits across a restart learns the outcome instead of "unknown goal". Decisions and commits
+are separate: ``finish``/``create`` return new ``Goal`` values for the caller to persist;
+``commit`` makes them true in memory and wakes waiters.
+
+Rules:
+- a goal completes only when its backend converged on the target it was created for
+  (every running replica runs its version and config version), or when its backend is gone
+  (a delete goal);
+- a goal fails when its backend cannot start its replicas, or when the backend is deleted
+  before the change completed;
+- an unknown goal id is an error (``GoalNotFoundError``), never a success.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import uuid
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Iterable
 
-MAX_REMEMBERED = 10_000
+from serveplane.exceptions import GoalNotFoundError
+
+MAX_FINISHED = 500
+
+
+class GoalState(str, enum.Enum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Goal:
+    id: str
+    backend: str
+    kind: str  # "create" | "update" | "delete"
+    state: GoalState = GoalState.PENDING
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"goal/{self.id}"
+
+    def payload(self) -> dict[str, Any]:
+        return {"backend": self.backend, "kind": self.kind, "state": self.state.value,
+                "error": self.error}
+
+    @staticmethod
+    def from_payload(goal_id: str, payload: dict[str, Any]) -> Goal:
+        return Goal(goal_id, payload["backend"], payload.get("kind", "update"),
+                    GoalState(payload.get("state", "pending")), payload.get("error"))
 
 
 class GoalManager:
     def __init__(self) -> None:
-        self._pending: dict[str, str] = {}  # goal id -> backend tag
+        self._pending: dict[str, Goal] = {}
+        self._finished: collections.OrderedDict[str, Goal] = collections.OrderedDict()
         self._events: dict[str, asyncio.Event] = {}
-        self._done: collections.OrderedDict[str, str | None] = collections.OrderedDict()
 
-    def create(self, backend: str) -> str:
-        goal_id = uuid.uuid4().hex
-        self._pending[goal_id] = backend
-        return goal_id
+    # -- decisions (pure) ------------------------------------------------------------
+    @staticmethod
+    def new(backend: str, kind: str) -> Goal:
+        return Goal(uuid.uuid4().hex, backend, kind)
 
-    def pending_for(self, backend: str) -> list[str]:
-        return [g for g, b in self._pending.items() if b == backend]
+    def pending_for(self, backend: str) -> list[Goal]:
+        return [g for g in self._pending.values() if g.backend == backend]
 
     def has_pending(self, backend: str) -> bool:
-        return backend in self._pending.values()
+        return any(g.backend == backend for g in self._pending.values())
 
-    def complete(self, backend: str, error: str | None = None) -> list[str]:
-        finished = self.pending_for(backend)
-        for goal_id in finished:
-            del self._pending[goal_id]
-            self._done[goal_id] = error
-            event = self._events.pop(goal_id, None)
+    def latest_pending(self, backend: str) -> str | None:
+        pending = self.pending_for(backend)
+        return pending[-1].id if pending else None
+
+    @staticmethod
+    def finish(goals: Iterable[Goal], error: str | None = None) -> list[Goal]:
+        state = GoalState.FAILED if error else GoalState.SUCCEEDED
+        return [replace(g, state=state, error=error) for g in goals]
+
+    def evicted_by(self, finishing: int) -> list[str]:
+        """Names of the oldest finished goals that ``finishing`` more would push out."""
+        excess = len(self._finished) + finishing - MAX_FINISHED
+        return [f"goal/{gid}" for gid in list(self._finished)[:max(0, excess)]]
+
+    # -- commit ------------------------------------------------------------------------
+    def commit(self, goals: Iterable[Goal]) -> None:
+        for goal in goals:
+            if goal.state is GoalState.PENDING:
+                self._pending[goal.id] = goal
+                continue
+            self._pending.pop(goal.id, None)
+            self._finished[goal.id] = goal
+            event = self._events.pop(goal.id, None)
             if event is not None:
                 event.set()
-        while len(self._done) > MAX_REMEMBERED:
-            self._done.popitem(last=False)
-        return finished
+        while len(self._finished) > MAX_FINISHED:
+            self._finished.popitem(last=False)
 
-    def fail(self, backend: str, error: str) -> list[str]:
-        """Report a failure to waiters without forgetting the goal: it may still converge."""
-        failed = self.pending_for(backend)
-        for goal_id in failed:
-            self._done[goal_id] = error
-            event = self._events.pop(goal_id, None)
-            if event is not None:
-                event.set()
-        return failed
+    def load(self, goals: Iterable[Goal]) -> None:
+        self._pending.clear()
+        self._finished.clear()
+        self.commit(goals)
+
+    # -- views -------------------------------------------------------------------------
+    def get(self, goal_id: str) -> Goal:
+        goal = self._pending.get(goal_id) or self._finished.get(goal_id)
+        if goal is None:
+            raise GoalNotFoundError(
+                f"goal {goal_id!r} is unknown to this controller; goal ids come from the calls "
+                "that change backends (create_backend, update_backend, ...)")
+        return goal
 
     async def wait(self, goal_id: str, timeout_s: float) -> dict[str, Any]:
-        if goal_id not in self._pending or goal_id in self._done:
-            return {"done": True, "error": self._done.get(goal_id)}
-        event = self._events.setdefault(goal_id, asyncio.Event())
-        try:
-            await asyncio.wait_for(event.wait(), timeout=timeout_s)
-        except asyncio.TimeoutError:
-            return {"done": False, "error": None}
-        return {"done": True, "error": self._done.get(goal_id)}
+        goal = self.get(goal_id)
+        if goal.state is GoalState.PENDING:
+            event = self._events.setdefault(goal_id, asyncio.Event())
+            try:
+                await asyncio.wait_for(event.wait(), timeout=timeout_s)
+            except asyncio.TimeoutError:
+                return {"done": False, "error": None}
+            goal = self.get(goal_id)
+        return {"done": True, "error": goal.error}
 
-    def to_checkpoint(self) -> dict[str, str]:
-        return dict(self._pending)
+    def pending(self) -> dict[str, str]:
+        return {gid: g.backend for gid, g in self._pending.items()}
 
-    def load_checkpoint(self, data: dict[str, str]) -> None:
-        self._pending = dict(data)
+    def all_names(self) -> list[str]:
+        return [f"goal/{gid}" for gid in list(self._pending) + list(self._finished)]

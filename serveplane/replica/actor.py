@@ -38,71 +38,84 @@ class ReplicaActor:
     """Wrapped with ``ray.remote`` by ``ReplicaActorWrapper``; never constructed directly."""
 
     def __init__(self, backend: str, replica_tag: str, code_blob: bytes, init_blob: bytes,
-                 config: dict[str, Any], version: str, user_config_version: str | None = None) -> None:
+                 config: dict[str, Any], version: str, config_version: str | None = None) -> None:
         self._backend = backend
         self._replica_tag = replica_tag
         self._version = version
-        self._user_config_version = user_config_version
+        self._config_version = config_version
         self._config = BackendConfig.model_validate(config)
         func_or_class = cloudpickle.loads(code_blob)
         init_args, init_kwargs = cloudpickle.loads(init_blob)
-        self._executor = ThreadPoolExecutor(
-            max_workers=min(64, self._config.max_concurrent_queries),
-            thread_name_prefix=f"replica-{backend}")
+        self._executor = self._new_executor()
         if inspect.isclass(func_or_class):
             self._callable: Any = func_or_class(*init_args, **init_kwargs)
             self._is_function = False
         else:
             self._callable = func_or_class
             self._is_function = True
-        self._user_config_applied = False
-        if self._config.user_config is not None:
-            self._apply_user_config_sync(self._config.user_config)
+        # The initial user_config is applied by ready(), which can await an async
+        # reconfigure (a constructor cannot); the controller publishes a replica only after.
+        self._initial_user_config_pending = self._config.user_config is not None
+        self._check_user_config_target()
         self._metrics = ReplicaMetrics()
         self._accept_batchers: dict[str, Batcher] = {}
         self._draining = False
         self._idle = asyncio.Event()
         self._idle.set()
 
+    def _new_executor(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=min(64, self._config.max_concurrent_queries),
+                                  thread_name_prefix=f"replica-{self._backend}")
+
     # -- control ---------------------------------------------------------------
     async def ready(self) -> dict[str, Any]:
         import ray
 
+        if self._initial_user_config_pending:
+            await self._apply_user_config(self._config.user_config)
+            self._initial_user_config_pending = False
         return {
             "replica_tag": self._replica_tag,
             "version": self._version,
-            "user_config_version": self._user_config_version,
+            "config_version": self._config_version,
             "pid": os.getpid(),
             "node_id": ray.get_runtime_context().get_node_id(),
         }
 
-    def _apply_user_config_sync(self, user_config: Any) -> None:
-        reconfigure = getattr(self._callable, "reconfigure", None)
-        if reconfigure is None:
-            if self._is_function:
-                return
+    def _check_user_config_target(self) -> None:
+        if (self._config.user_config is not None and not self._is_function
+                and getattr(self._callable, "reconfigure", None) is None):
             raise ValueError(
                 f"backend {self._backend!r} has a user_config but its class defines no "
                 "reconfigure(user_config) method; add one or drop user_config")
-        if _is_async(reconfigure):
-            raise TypeError("_apply_user_config_sync called with an async reconfigure")
-        reconfigure(user_config)
 
-    async def reconfigure(self, user_config: Any, user_config_version: str | None = None) -> None:
-        self._user_config_version = user_config_version
-        if user_config is None:
-            return  # nothing to apply: user_config was removed
+    async def _apply_user_config(self, user_config: Any) -> None:
         reconfigure = getattr(self._callable, "reconfigure", None)
-        if reconfigure is None:
-            if not self._is_function:
-                raise ValueError(
-                    f"backend {self._backend!r} got a user_config but its class defines no "
-                    "reconfigure(user_config) method")
-            return
+        if user_config is None or reconfigure is None:
+            return  # nothing to apply (functions take no user_config)
         if _is_async(reconfigure):
             await reconfigure(user_config)
         else:
             await asyncio.get_running_loop().run_in_executor(self._executor, reconfigure, user_config)
+
+    async def reconfigure(self, config: dict[str, Any], config_version: str | None = None) -> None:
+        """Apply a config change in place: ``user_config`` (the user's ``reconfigure``),
+        ``max_batch_size`` and ``batch_wait_timeout`` (batchers), ``max_concurrent_queries``
+        (the worker pool). The replica then reports ``config_version``."""
+        new = BackendConfig.model_validate(config)
+        old, self._config = self._config, new
+        if new.user_config != old.user_config or self._initial_user_config_pending:
+            self._check_user_config_target()
+            await self._apply_user_config(new.user_config)
+            self._initial_user_config_pending = False
+        if (new.max_batch_size, new.batch_wait_timeout) != (old.max_batch_size, old.batch_wait_timeout):
+            for batcher in self._accept_batchers.values():
+                batcher.max_batch_size = new.max_batch_size or 1
+                batcher.batch_wait_timeout_s = new.batch_wait_timeout
+        if new.max_concurrent_queries != old.max_concurrent_queries:
+            previous, self._executor = self._executor, self._new_executor()
+            previous.shutdown(wait=False)  # running calls finish on the old pool
+        self._config_version = config_version
 
     async def check_health(self) -> None:
         check = getattr(self._callable, "check_health", None)

@@ -1,0 +1,151 @@
+"""Persistence for the controller: one change, one atomic, fenced store write.
+
+Invariants:
+- a ``Change`` holds every record and blob one decision touched; ``Persistence.write``
+  sends it to the store as one transaction (``RecordStore.write``), so a change is on the
+  store entirely or not at all, and memory is committed only after it returned;
+- a blob is stored in the same transaction as the first record that names it, and deleted
+  in the same transaction as the last record that stops naming it (``BlobRefs``), so no
+  code blob leaks and none is deleted while a record needs it;
+- store I/O never runs on the controller's event loop: it goes through ``run_io`` (a
+  one-thread executor in production, so writes keep their order; inline in the simulator);
+- a write refused for a stale epoch marks this controller stale for good: it never writes
+  or acts again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Iterable, TypeVar
+
+from serveplane.exceptions import StaleEpochError
+from serveplane.kv_store import RecordStore
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+IORunner = Callable[..., Awaitable[Any]]
+
+BLOB_CACHE_BYTES = 256 * 1024 * 1024
+
+
+def thread_runner(name: str) -> tuple[IORunner, ThreadPoolExecutor]:
+    """Run blocking calls on one dedicated thread, in submission order."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    async def run(fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    return run, pool
+
+
+async def inline_runner(fn: Callable[..., T], *args: Any) -> T:
+    """For the simulator and unit tests: run the call right here (deterministic)."""
+    return fn(*args)
+
+
+@dataclass
+class Change:
+    """Every record (``None``: delete) and blob (``None``: delete) one decision touched."""
+
+    records: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    blobs: dict[str, bytes | None] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.records or self.blobs)
+
+
+class BlobRefs:
+    """How many committed records name each blob."""
+
+    def __init__(self) -> None:
+        self._counts: collections.Counter[str] = collections.Counter()
+
+    def released(self, removed: Iterable[str], added: Iterable[str]) -> set[str]:
+        """Digests no record would name once ``removed`` references give way to ``added``."""
+        scratch = collections.Counter({d: self._counts[d] for d in removed})
+        scratch.subtract(removed)
+        for digest in added:
+            scratch[digest] += 1
+        return {d for d, n in scratch.items() if n <= 0 and d in self._counts}
+
+    def apply(self, removed: Iterable[str], added: Iterable[str]) -> None:
+        self._counts.update(added)
+        self._counts.subtract(removed)
+        for digest in [d for d, n in self._counts.items() if n <= 0]:
+            del self._counts[digest]
+
+    def referenced(self) -> set[str]:
+        return set(self._counts)
+
+
+class Persistence:
+    def __init__(self, store: RecordStore, epoch: int, run_io: IORunner) -> None:
+        self.store = store
+        self.epoch = epoch
+        self._run_io = run_io
+        self.stale: StaleEpochError | None = None
+        self.refs = BlobRefs()
+        self._cache: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._cache_bytes = 0
+
+    def _mark_stale(self, exc: StaleEpochError) -> None:
+        if self.stale is None:
+            logger.error("controller epoch %d is stale; it stops acting: %s", self.epoch, exc)
+        self.stale = exc
+
+    async def write(self, change: Change) -> None:
+        """Persist ``change`` atomically, or raise with nothing written."""
+        if self.stale is not None:
+            raise self.stale
+        if not change:
+            return
+        try:
+            await self._run_io(self.store.write, self.epoch, change.records, change.blobs)
+        except StaleEpochError as exc:
+            self._mark_stale(exc)
+            raise
+        for digest, data in change.blobs.items():
+            if data is None:
+                self._forget(digest)
+            else:
+                self._remember(digest, data)
+
+    async def check_epoch(self) -> bool:
+        """True while this controller still owns its namespace (one store read)."""
+        if self.stale is not None:
+            return False
+        try:
+            await self._run_io(self.store.check_epoch, self.epoch)
+        except StaleEpochError as exc:
+            self._mark_stale(exc)
+            return False
+        return True
+
+    async def blob(self, digest: str) -> bytes:
+        data = self._cache.get(digest)
+        if data is None:
+            data = await self._run_io(self.store.get_blob, digest)
+            self._remember(digest, data)
+        else:
+            self._cache.move_to_end(digest)
+        return data
+
+    def _remember(self, digest: str, data: bytes) -> None:
+        if digest in self._cache:
+            self._cache.move_to_end(digest)
+            return
+        self._cache[digest] = data
+        self._cache_bytes += len(data)
+        while self._cache_bytes > BLOB_CACHE_BYTES and len(self._cache) > 1:
+            _, evicted = self._cache.popitem(last=False)
+            self._cache_bytes -= len(evicted)
+
+    def _forget(self, digest: str) -> None:
+        data = self._cache.pop(digest, None)
+        if data is not None:
+            self._cache_bytes -= len(data)
