@@ -125,8 +125,11 @@ class Handle:
         return sent
 
     def _fanout_outcome(self, replica: ReplicaInfo, error: BaseException) -> BaseException:
-        if self._router.transport.classify(error, replica) is Failure.REPLICA_DIED:
+        kind = self._router.transport.classify(error, replica)
+        if kind is Failure.REPLICA_DIED:
             self._router.mark_dead(replica)
+        elif kind is Failure.REPLICA_UNAVAILABLE:
+            self._router.back_off(replica)
         return error
 
     def fanout(self, *args: Any, quorum: int | None = None,

@@ -30,8 +30,8 @@ class Response:
     # Fields are shared with the router that routes this response (one record, two modules).
     __slots__ = ("router", "args", "kwargs", "deps", "method_name", "session_id", "shard_key",
                  "timeout_s", "request_id", "backend", "replica", "ref", "attempts", "queued_under",
-                 "shadows", "batch_index", "waiting", "done", "failure", "previous_ref", "released",
-                 "watched", "__weakref__")
+                 "shadows", "batch_index", "waiting", "done", "failure", "previous_ref",
+                 "previous_replica", "producers", "released", "watched", "__weakref__")
 
     def __init__(self, router: EndpointRouter, args: tuple, kwargs: dict, method_name: str,
                  session_id: str | None, shard_key: str | None, timeout_s: float) -> None:
@@ -57,12 +57,25 @@ class Response:
         self.watched = False             # a completion callback frees its slot
         self.failure: BaseException | None = None  # the router's verdict, when it failed
         self.previous_ref: Any = None    # the last failed attempt's ref, while re-routing
+        self.previous_replica: ReplicaInfo | None = None  # ... and the replica it ran on
+        # replicas whose attempts made the Response arguments of the current attempt
+        self.producers: tuple[ReplicaInfo, ...] = ()
 
     def resolved_args(self) -> tuple[tuple, dict]:
         """Responses among the arguments become the ObjectRefs of their current attempts."""
         args = tuple(_ref_of(a) if isinstance(a, Response) else a for a in self.args)
         kwargs = {k: (_ref_of(v) if isinstance(v, Response) else v) for k, v in self.kwargs.items()}
         return args, kwargs
+
+    def argument_producers(self) -> tuple[ReplicaInfo, ...]:
+        """The replicas whose attempts ``resolved_args`` passes on (to tell, if the call
+        fails on an actor error, whether it was about an argument)."""
+        producers = []
+        for dep in self.deps:
+            replica = dep.replica if dep.ref is not None else dep.previous_replica
+            if replica is not None:
+                producers.append(replica)
+        return tuple(producers)
 
     # -- waiting for a replica ---------------------------------------------------------------
     def _wait_routed_sync(self, timeout: float | None) -> None:

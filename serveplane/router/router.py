@@ -9,10 +9,12 @@ Invariants:
   is handed to the first waiting request that may use it, under the lock, so a new
   request never overtakes a queued one;
 - a replica seen dead leaves this router's set at once, and a later update that still
-  lists it does not bring it back;
-- a request whose replica died is retried elsewhere (``max_retries``, not at all when
-  ``idempotent=False``); a request whose *argument* died (a ``Response`` passed in) waits
-  for that argument's own retry and is sent again with the final ``ObjectRef``;
+  lists it does not bring it back; a replica seen *unavailable* (unreachable for now) is
+  only backed off for a short, growing period (``ReplicaBackoff``) and never reported dead;
+- a request whose replica died or became unavailable may have run: it is retried
+  elsewhere (``max_retries``) only when the backend is ``idempotent``; a request whose
+  *argument* died (a ``Response`` passed in) did not run: it waits for that argument's own
+  retry and is sent again with the final ``ObjectRef``;
 - shadows are fired without waiting and never change or delay the primary answer.
 
 Config arrives through a ``ConfigSource`` on any thread; callbacks swap whole immutable
@@ -39,6 +41,7 @@ from serveplane.config import BackendConfig
 from serveplane.exceptions import BackPressureError, NoReplicasError, ReplicaDiedError
 from serveplane.records import BackendInfo, EndpointInfo, ReplicaInfo, RequestMetadata, keys
 from serveplane.router import loop as loops
+from serveplane.router.backoff import ReplicaBackoff
 from serveplane.router.policies import (
     NO_REQUEST,
     RequestInfo,
@@ -82,7 +85,8 @@ class _Waiter:
 
 class EndpointRouter:
     def __init__(self, endpoint: str, source: ConfigSource, *, transport: Transport = RAY_TRANSPORT,
-                 controller_name: str | None = None, namespace: str | None = None) -> None:
+                 controller_name: str | None = None, namespace: str | None = None,
+                 backoff: ReplicaBackoff | None = None) -> None:
         self.endpoint = endpoint
         self.router_id = f"{endpoint}:{uuid.uuid4().hex[:8]}"
         self.controller_name = controller_name or getattr(source, "controller_name", None)
@@ -101,6 +105,8 @@ class EndpointRouter:
         self._configs: dict[str, BackendConfig] = {}
         self._in_flight: collections.defaultdict[str, int] = collections.defaultdict(int)
         self._dead: set[str] = set()
+        self._backoff = backoff if backoff is not None else ReplicaBackoff()
+        self._backoff_end_pending = False  # a timer will wake the queue when a backoff ends
         self._live_cache: dict[str, list[ReplicaInfo]] = {}
         self._queued: collections.defaultdict[str, int] = collections.defaultdict(int)
         self._queue: collections.deque[_Waiter] = collections.deque()
@@ -154,6 +160,7 @@ class EndpointRouter:
                 listed = {r.actor_name for b, rs in self._replicas.items() if b != backend for r in rs}
                 listed.update(r.actor_name for r in replicas)
                 self._dead &= listed  # forget the dead the controller dropped; hide the others
+                self._backoff.keep_only(listed)
                 self._replicas[backend] = replicas
                 self._live_cache.clear()
                 self._wake_all_locked()
@@ -187,8 +194,11 @@ class EndpointRouter:
         live = self._live_cache.get(backend)
         if live is None:
             dead = self._dead
-            live = [r for r in self._replicas.get(backend, ()) if r.actor_name not in dead]
-            self._live_cache[backend] = live
+            backed_off = self._backoff.blocked()
+            live = [r for r in self._replicas.get(backend, ()) if r.actor_name not in dead
+                    and r.actor_name not in backed_off]
+            if not backed_off:  # a backoff ends with time: not cached while one runs
+                self._live_cache[backend] = live
         return live
 
     def _backend_for(self, request: Response) -> str | None:
@@ -363,11 +373,14 @@ class EndpointRouter:
         if request.ref is not ref:
             return  # an old attempt
         if isinstance(value, BaseException) and request.replica is not None and \
-                self.transport.classify(value, request.replica) is not Failure.APPLICATION:
+                self.transport.classify(value, request.replica, request.producers) \
+                is not Failure.APPLICATION:
             # retry now, even if nobody reads the answer yet: the loop decides
             loops.background_loop().call_soon_threadsafe(self.on_failure, request, value, ref)
             return
         with self._lock:
+            if request.replica is not None:
+                self._backoff.answered(request.replica.actor_name)
             self._release_locked(request)
 
     # -- the request path --------------------------------------------------------------------
@@ -472,6 +485,7 @@ class EndpointRouter:
                                request.session_id, request.shard_key)
         if request.deps:
             args, kwargs = request.resolved_args()
+            request.producers = request.argument_producers()
         else:
             args, kwargs = request.args, request.kwargs
         try:
@@ -494,6 +508,8 @@ class EndpointRouter:
         """The caller read the answer (value or application error): free the slot, once."""
         with self._lock:
             request.done = True
+            if request.replica is not None:
+                self._backoff.answered(request.replica.actor_name)
             self._release_locked(request)
 
     def on_failure(self, request: Response, error: BaseException, failed_ref: Any) -> BaseException | None:
@@ -509,11 +525,14 @@ class EndpointRouter:
             if request.ref is not failed_ref:
                 return None  # another awaiter already re-routed this attempt
             replica = request.replica
-            kind = self.transport.classify(error, replica) if replica is not None else Failure.APPLICATION
+            kind = (self.transport.classify(error, replica, request.producers)
+                    if replica is not None else Failure.APPLICATION)
             if kind is Failure.DEPENDENCY_DIED and not request.deps:
-                kind = Failure.APPLICATION  # e.g. the user's own nested call hit a dead actor
+                kind = Failure.APPLICATION  # about some other actor, and no argument came from one
             if kind is Failure.APPLICATION:
                 request.done = True
+                if replica is not None:
+                    self._backoff.answered(replica.actor_name)  # it ran the user's code
                 self._release_locked(request)
                 return error
             assert replica is not None
@@ -521,11 +540,16 @@ class EndpointRouter:
             if kind is Failure.REPLICA_DIED:
                 self._release_locked(request, hand_over=False)
                 self._hide_locked(replica)
+            elif kind is Failure.REPLICA_UNAVAILABLE:
+                self._release_locked(request, hand_over=False)
+                self._back_off_locked(replica)
             else:
                 self._release_locked(request)
+            may_have_run = kind is not Failure.DEPENDENCY_DIED
             retries_done = request.attempts - 1
-            if kind is Failure.REPLICA_DIED and not config.idempotent:
-                why = "the backend is configured idempotent=False"
+            if may_have_run and not config.idempotent:
+                why = ("it may have run and the backend is configured idempotent=False; set "
+                       "idempotent=True in its BackendConfig if a request may run twice")
             elif retries_done >= config.max_retries:
                 why = f"it was retried {retries_done} times (max_retries={config.max_retries})"
             else:
@@ -535,8 +559,9 @@ class EndpointRouter:
                 if kind is Failure.DEPENDENCY_DIED:
                     request.failure = error
                 else:
+                    what = "died" if kind is Failure.REPLICA_DIED else "became unreachable"
                     request.failure = ReplicaDiedError(
-                        f"replica {replica.actor_name} died while running a request of endpoint "
+                        f"replica {replica.actor_name} {what} while running a request of endpoint "
                         f"{self.endpoint!r}; not retried because {why}")
                     request.failure.__cause__ = error
                 return request.failure
@@ -544,6 +569,7 @@ class EndpointRouter:
             placeholder: concurrent.futures.Future = concurrent.futures.Future()
             request.waiting = placeholder  # before ref=None: awaiters never see neither
             request.previous_ref = failed_ref
+            request.previous_replica = replica
             request.ref = None
             request.replica = None
             request.batch_index = None  # retried on its own
@@ -582,6 +608,34 @@ class EndpointRouter:
     def mark_dead(self, replica: ReplicaInfo) -> None:
         with self._lock:
             self._hide_locked(replica)
+
+    def back_off(self, replica: ReplicaInfo) -> None:
+        """``replica`` was unreachable: skip it for a while (it may come back)."""
+        with self._lock:
+            self._back_off_locked(replica)
+
+    def _back_off_locked(self, replica: ReplicaInfo) -> None:
+        period = self._backoff.unavailable(replica.actor_name)
+        self._live_cache.clear()
+        logger.info("replica %s of endpoint %r is unreachable; skipping it for %.2fs",
+                    replica.actor_name, self.endpoint, period)
+        self._schedule_backoff_end_locked()
+
+    def _schedule_backoff_end_locked(self) -> None:
+        """Wake the queue when the first backoff period ends (queued requests may use it)."""
+        remaining = self._backoff.next_end_in()
+        if remaining is None or self._backoff_end_pending:
+            return
+        self._backoff_end_pending = True
+        loop = loops.background_loop()
+        loop.call_soon_threadsafe(loop.call_later, remaining, self._on_backoff_end)
+
+    def _on_backoff_end(self) -> None:
+        with self._lock:
+            self._backoff_end_pending = False
+            self._live_cache.clear()
+            self._wake_all_locked()
+            self._schedule_backoff_end_locked()  # the next period (or this one, if the timer ran early)
 
     # -- used by the batcher and shadows ------------------------------------------------------
     def claim_for_batch(self, batch: list[Response]) -> ReplicaInfo | None:
@@ -660,6 +714,7 @@ class EndpointRouter:
                 "policy": self._policy_key[0],
                 "replicas": {b: [r.actor_name for r in self._live(b)] for b in self._replicas},
                 "dead_replicas": sorted(self._dead),
+                "backed_off_replicas": sorted(self._backoff.blocked()),
                 "in_flight": sum(self._in_flight.values()),
                 "in_flight_by_replica": {k: v for k, v in self._in_flight.items() if v},
                 "queued": sum(self._queued.values()),
@@ -678,7 +733,8 @@ class EndpointRouter:
         s = self.statistics()
         backends = " ".join(f"{b}={w:g}" for b, w in sorted(s["traffic"].items())) or "(no config)"
         running = sum(len(v) for v in s["replicas"].values())
-        return (f"<Router {self.endpoint} [backends: {backends} | replicas: {running} running | "
+        backed_off = f", {len(s['backed_off_replicas'])} backed off" if s["backed_off_replicas"] else ""
+        return (f"<Router {self.endpoint} [backends: {backends} | replicas: {running} running{backed_off} | "
                 f"in flight: {s['in_flight']} | queued: {s['queued']}]>")
 
 

@@ -5,29 +5,38 @@ whole queueing, back-pressure and retry logic without Ray. A "ref" is whatever `
 returns: it must be awaitable, and the transport knows how to ``get`` it synchronously
 and how to run a callback when it completes.
 
-Failure classes (``classify``), which decide what the router does with an error:
+Failure classes (``classify``), which decide what the router does with an error. They are
+told apart by exception type and by the identity of the actor the error is about, never by
+message text:
 
-- ``REPLICA_DIED``: the replica that ran the call is gone (``RayActorError`` raised for
-  *that* actor, not wrapped in a ``RayTaskError``): hide it, retry elsewhere;
-- ``DEPENDENCY_DIED``: an argument's producer died (``RayTaskError`` whose cause is an
-  actor death, or a death of another actor): the replica is fine, the argument must be
-  recomputed first;
-- ``APPLICATION``: anything else (user code raised, timeouts): reaches the caller as is.
+- ``REPLICA_DIED``: the replica that ran the call is gone (a ``RayActorError`` about *that*
+  actor, raised by Ray for the call itself, not wrapped in a ``RayTaskError``): hide it for
+  good; the call may have run, so it is retried only for an idempotent backend;
+- ``REPLICA_UNAVAILABLE``: that replica is unreachable for now (``ActorUnavailableError``);
+  it may come back: back it off for a while; the call may have run (same retry rule);
+- ``DEPENDENCY_DIED``: an argument's producer died or is unreachable (an actor error about
+  the replica that produced one of the call's ``Response`` arguments, or about an actor
+  other than the replica when it comes unwrapped): the replica is fine and did not run the
+  call; the argument must be recomputed first;
+- ``APPLICATION``: anything else: user code raised (whatever its message says), including
+  a ``RayTaskError`` from the user's own call to some other actor, and timeouts. It reaches
+  the caller as is.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from serveplane.records import ReplicaInfo, RequestMetadata
 
 
 class Failure(str, enum.Enum):
     REPLICA_DIED = "replica_died"
+    REPLICA_UNAVAILABLE = "replica_unavailable"
     DEPENDENCY_DIED = "dependency_died"
     APPLICATION = "application"
 
@@ -42,7 +51,9 @@ class Transport(Protocol):
 
     def on_completed(self, ref: Any, callback: Callable[[Any], None]) -> None: ...
 
-    def classify(self, error: BaseException, replica: ReplicaInfo) -> Failure: ...
+    def classify(self, error: BaseException, replica: ReplicaInfo,
+                 producers: Sequence[ReplicaInfo] = ()) -> Failure:
+        """What ``error`` of a call to ``replica`` means; ``producers`` made its arguments."""
 
 
 class RayTransport:
@@ -75,15 +86,24 @@ class RayTransport:
         ref._on_completed(completed)
 
     @staticmethod
-    def classify(error: BaseException, replica: ReplicaInfo) -> Failure:
+    def classify(error: BaseException, replica: ReplicaInfo,
+                 producers: Sequence[ReplicaInfo] = ()) -> Failure:
+        if isinstance(error, RayTaskError):
+            # raised inside the replica's task: the replica ran it. Only an argument that
+            # could not be fetched (its producer's error) is not the user's own failure.
+            cause = getattr(error, "cause", None)
+            died = getattr(cause, "actor_id", None) if isinstance(cause, RayActorError) else None
+            if died is not None and any(_actor_id(p) == died for p in producers):
+                return Failure.DEPENDENCY_DIED
+            return Failure.APPLICATION
         if not isinstance(error, RayActorError):
             return Failure.APPLICATION
-        if isinstance(error, RayTaskError):
-            return Failure.DEPENDENCY_DIED
         died = getattr(error, "actor_id", None)
         ours = _actor_id(replica)
         if died is not None and ours is not None and died != ours:
             return Failure.DEPENDENCY_DIED
+        if isinstance(error, ActorUnavailableError):
+            return Failure.REPLICA_UNAVAILABLE
         return Failure.REPLICA_DIED
 
 
@@ -99,7 +119,7 @@ def wire_metadata(meta: RequestMetadata) -> list:
 
 def _actor_id(replica: ReplicaInfo) -> str | None:
     try:
-        return replica.actor_handle._actor_id.hex()
+        return str(replica.actor_handle._actor_id.hex())
     except AttributeError:
         return None
 

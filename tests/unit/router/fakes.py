@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
+from dataclasses import dataclass
 from typing import Any, Callable
 
-from ray.exceptions import ActorDiedError, GetTimeoutError, RayTaskError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayTaskError
 
 from serveplane.config import BackendConfig
 from serveplane.records import BackendInfo, EndpointInfo, ReplicaInfo, RequestMetadata, keys
@@ -33,7 +35,11 @@ class FakeRef:
 
     def die(self) -> None:
         """The replica died under this call."""
-        self.fail(ActorDiedError())
+        self.fail(actor_died(self.replica))
+
+    def unavailable(self) -> None:
+        """The replica is unreachable for now (the call may or may not have run)."""
+        self.fail(ActorUnavailableError("connection lost", bytes.fromhex(actor_id(self.replica))))
 
     def __await__(self) -> Any:
         # like a Ray ObjectRef: cancelling an awaiter does not cancel the call
@@ -100,8 +106,36 @@ class FakeTransport:
         return [c for c in self.calls if c.replica.replica_tag == replica_tag]
 
 
+@dataclass(frozen=True)
+class FakeActorId:
+    value: str
+
+    def hex(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class FakeActorHandle:
+    """Only the identity of a replica actor (what ``classify`` compares)."""
+
+    _actor_id: FakeActorId
+
+
 def replica(backend: str, tag: str, max_concurrent_queries: int = 100) -> ReplicaInfo:
-    return ReplicaInfo(backend, tag, f"serveplane:{backend}#{tag}", None, max_concurrent_queries)
+    name = f"serveplane:{backend}#{tag}"
+    handle = FakeActorHandle(FakeActorId(hashlib.md5(name.encode()).hexdigest()))  # 16 bytes, like Ray's
+    return ReplicaInfo(backend, tag, name, handle, max_concurrent_queries)
+
+
+def actor_id(replica: ReplicaInfo) -> str:
+    return str(replica.actor_handle._actor_id.hex())
+
+
+def actor_died(replica: ReplicaInfo | None = None) -> ActorDiedError:
+    """Ray's error about a dead actor (``replica``'s, or an unknown one's)."""
+    error = ActorDiedError()
+    error.actor_id = actor_id(replica) if replica is not None else None
+    return error
 
 
 def endpoint(name: str = "ep", traffic: dict[str, float] | None = None, **fields: Any) -> EndpointInfo:
@@ -112,9 +146,15 @@ def backend_config(backend: str, **config: Any) -> BackendInfo:
     return BackendInfo(backend, BackendConfig(**config))
 
 
-def dependency_died() -> BaseException:
-    """What a call gets when an argument's producer died (Ray wraps it in a task error)."""
-    return RayTaskError("handle_request", "traceback", ActorDiedError()).as_instanceof_cause()
+def dependency_died(producer: ReplicaInfo) -> BaseException:
+    """What a call gets when ``producer``, which made one of its arguments, died: Ray
+    raises the argument's error inside the task, so it comes wrapped in a task error."""
+    return RayTaskError("handle_request", "traceback", actor_died(producer)).as_instanceof_cause()
+
+
+def nested_call_died(other: ReplicaInfo | None = None) -> BaseException:
+    """What a call gets when the *user's code* called some other actor that died."""
+    return RayTaskError("handle_request", "traceback", actor_died(other)).as_instanceof_cause()
 
 
 def publish(source: Any, name: str = "ep", traffic: dict[str, float] | None = None,

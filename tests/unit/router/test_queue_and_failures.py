@@ -251,7 +251,7 @@ def test_response_argument_is_passed_as_its_ref_and_recovered_when_its_replica_d
         assert outer_call.args == (inner_call,)     # the ref itself, not the value
         reading = asyncio.ensure_future(_awaited(outer))
         inner_call.die()                            # the producer dies ...
-        outer_call.fail(dependency_died())          # ... so the consumer fails on its argument
+        outer_call.fail(dependency_died(inner_call.replica))  # ... the consumer fails on its argument
         await settle()
         retried_inner = transport.calls[2]
         assert retried_inner.args == (5,) and retried_inner.replica != inner_call.replica
