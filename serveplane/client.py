@@ -251,8 +251,7 @@ class Client:
         drop_routers(CONTROLLER_NAME, self._namespace)
         from serveplane.long_poll import LongPollClient
 
-        for client in LongPollClient.all_clients():
-            client.stop()
+        LongPollClient.stop_shared(CONTROLLER_NAME, self._namespace)  # never another namespace's
         self._shutdown = True
 
 

@@ -114,6 +114,15 @@ class LongPollClient:
         with _REGISTRY_LOCK:
             return list(_REGISTRY.values())
 
+    @staticmethod
+    def stop_shared(host_actor_name: str, namespace: str | None) -> None:
+        """Stop the process's shared client of one host (its controller was shut down);
+        the clients of other hosts and namespaces keep running."""
+        with _REGISTRY_LOCK:
+            client = _REGISTRY.get((host_actor_name, namespace))
+        if client is not None:
+            client.stop()
+
     # -- public API -------------------------------------------------------------------
     @property
     def stopped(self) -> bool:
