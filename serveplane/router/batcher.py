@@ -9,14 +9,14 @@ retried on its own. With no free replica, each request of the batch queues on it
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from serveplane.records import RequestMetadata
 from serveplane.router import loop as loops
 from serveplane.router.shadows import fire_shadows
+from serveplane.router.stats import BatchSizes
 
 if TYPE_CHECKING:
     from serveplane.router.response import Response
@@ -28,7 +28,7 @@ class Batcher:
         self._router = router
         self._lock = threading.Lock()
         self._gathering: dict[str, list[Response]] = {}  # method -> requests of the open batch
-        self.sizes: collections.deque[int] = collections.deque(maxlen=1000)
+        self._sizes = BatchSizes()  # under _lock
 
     def add(self, request: Response, size: int, timeout_s: float) -> None:
         request.waiting = concurrent.futures.Future()
@@ -46,6 +46,11 @@ class Batcher:
                 del self._gathering[method]
         if full:
             self._dispatch(batch)
+
+    def statistics(self) -> dict[str, Any]:
+        """``batches``, ``max_batch_size_seen``, ``avg_batch_size`` and ``batch_sizes``."""
+        with self._lock:
+            return self._sizes.as_dict()
 
     def _flush(self, method: str, batch: list[Response]) -> None:
         with self._lock:
@@ -75,7 +80,8 @@ class Batcher:
                 request.failure = exc
                 request.waiting.set_exception(exc)
             return
-        self.sizes.append(len(batch))
+        with self._lock:
+            self._sizes.add(len(batch))
         router.stats.requests[replica.backend] += len(batch)
         for index, request in enumerate(batch):
             request.backend = replica.backend

@@ -724,9 +724,8 @@ class EndpointRouter:
                 "session_moves": self.stats.session_moves,
                 "sessions": len(self._sessions),
                 "back_pressure_rejections": self.stats.back_pressure_rejections,
-                "batches": len(self._batcher.sizes),
-                "max_batch_size_seen": max(self._batcher.sizes, default=0),
                 "shadows": {b: s.as_dict() for b, s in self.stats.shadows.items()},
+                **self._batcher.statistics(),
             }
 
     def __repr__(self) -> str:

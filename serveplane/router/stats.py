@@ -1,4 +1,8 @@
-"""Counters a router keeps: requests, retries, session moves, shadow outcomes."""
+"""Counters a router keeps: requests, retries, session moves, shadow outcomes, batch sizes.
+
+Every figure here is a counter or a fixed-size table: a router lives as long as its
+process, so nothing grows with the number of requests it has seen.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 RATE_WINDOW_S = 5.0
+BATCH_SIZE_BUCKETS = 16  # bucket i counts sizes in [2**i, 2**(i+1)); the last one, the rest
 
 
 @dataclass
@@ -109,3 +114,31 @@ class RouterStats:
             self._last_rates = {b: 0.0 for b in counts}
         self._last_rate_at, self._last_counts = now, counts
         return dict(self._last_rates)
+
+
+@dataclass
+class BatchSizes:
+    """The sizes of the batches a router sent, as a histogram of fixed size (not a list)."""
+
+    count: int = 0
+    items: int = 0
+    largest: int = 0
+    buckets: list[int] = field(default_factory=lambda: [0] * BATCH_SIZE_BUCKETS)
+
+    def add(self, size: int) -> None:
+        self.count += 1
+        self.items += size
+        self.largest = max(self.largest, size)
+        self.buckets[min(size.bit_length() - 1, BATCH_SIZE_BUCKETS - 1)] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        histogram = {}
+        for i, n in enumerate(self.buckets):
+            if n:
+                low, high = 2 ** i, 2 ** (i + 1) - 1
+                label = (str(low) if low == high else f"{low}-{high}") if i < BATCH_SIZE_BUCKETS - 1 \
+                    else f"{low}+"
+                histogram[label] = n
+        return {"batches": self.count, "max_batch_size_seen": self.largest,
+                "avg_batch_size": self.items / self.count if self.count else 0.0,
+                "batch_sizes": histogram}
