@@ -8,7 +8,7 @@ Keys, for a namespace ``ns``:
   record name can collide with another record's copy.)
 - ``ns/blob/<sha256>``: content-addressed blobs (``blobs.py``).
 - ``ns/epochs/<epoch>`` and ``ns/epoch``: epoch claims (``epochs.py``).
-- ``ns/txn``: the redo log, on stores without atomic transactions only (``redo_log.py``).
+- ``ns/txn``: the undo log, on stores without atomic transactions only (``change_log.py``).
 
 Invariants:
 
@@ -24,21 +24,18 @@ Invariants:
   ``CorruptCheckpointError`` naming the key whose primary and copy are both unreadable.
 
 On a store whose ``transact`` is not atomic (the Ray GCS KV; see ``ray_kv.py``) the same
-``write`` first logs the change in ``ns/txn``, applies it key by key, then deletes the log.
-A change cut short by a crash (or a store error) is completed from the log: by the same
-controller before its next write, or by the next controller in ``acquire_epoch`` when the
-log is its predecessor's. A log left by any older epoch (a zombie's) is discarded, never
-replayed. What stays weaker there:
+``write`` first logs the change in ``ns/txn`` with what each key held before, applies it key
+by key, then deletes the log. A change cut short by a crash or a store error is rolled back
+from the log, by whichever writer comes next (the same controller before its next write, or
+the next controller in ``acquire_epoch``): its writer never returned success, so a write that
+raised never takes effect, on this store as on the others. What stays weaker there:
 
 - the fence is a read followed by writes, not one atomic step, so a writer paused between its
   fence check and its writes can still land one change after a successor claimed its epoch
-  (then the successor may overwrite it, or may already have read the state without it);
-- a change the old owner logged just before a successor's claim is completed by the
-  successor, although its writer was told it was refused (``StaleEpochError``): the outcome
-  of a refused write is then unknown, as after any store error;
-- readers in other processes can see a change half applied until it is completed;
-- a zombie in that window can overwrite or delete the successor's log, and two controllers
-  starting at once can discard a crashed predecessor's log instead of completing it.
+  (the successor rolls it back only if it finds the log, i.e. if the change is unfinished);
+- readers in other processes can see a change half applied until it finishes or is rolled
+  back;
+- a zombie in that window can overwrite or delete the successor's log.
 The controller, the single writer of its namespace, stops at its first refused write.
 """
 
@@ -51,7 +48,7 @@ from serveplane.kv_store.base import Changes, KVStore
 from serveplane.kv_store.blobs import Blobs
 from serveplane.kv_store.codec import decode_checkpoint, encode_checkpoint
 from serveplane.kv_store.epochs import EpochClaims
-from serveplane.kv_store.redo_log import RedoLog
+from serveplane.kv_store.change_log import ChangeLog
 
 __all__ = ["RecordStore"]
 
@@ -72,10 +69,10 @@ class RecordStore:
         self._backup_prefix = f"{namespace}/backup/"
         self._epochs = EpochClaims(store, namespace)
         self._blobs = Blobs(store, namespace)
-        self._redo = RedoLog(store, namespace)
+        self._log = ChangeLog(store, namespace)
 
     def __repr__(self) -> str:
-        mode = "atomic" if self.atomic else "redo-logged"
+        mode = "atomic" if self.atomic else "undo-logged"
         return f"<RecordStore {self.namespace!r} on {self.store.url} [{mode} writes]>"
 
     def key(self, name: str) -> str:
@@ -89,9 +86,9 @@ class RecordStore:
         """Claim the next epoch; from now on older epochs can write nothing here."""
         epoch = self._epochs.claim_next()
         if not self.atomic:
-            # after the claim, not before: the predecessor can no longer log a newer change
-            # that replaying this one would undo
-            self._complete_logged_change(owner=epoch - 1, epoch=epoch, discard_others=True)
+            # after the claim, not before: the predecessor can no longer add to the change
+            # this rolls back
+            self._roll_back_logged_change(epoch)
         return epoch
 
     def current_epoch(self) -> int:
@@ -136,35 +133,43 @@ class RecordStore:
         return writes
 
     def _write_logged(self, epoch: int, writes: Changes) -> bool:
-        """``write`` on a store without atomic transactions: log, apply, clear."""
+        """``write`` on a store without atomic transactions: roll back any leftover change,
+        log this one (with what its keys held), apply it, clear the log."""
         fence_key = self._epochs.fence_key(epoch)
         if self.store.get(fence_key) is not None:
             return False  # checked before logging, so that a stale writer leaves no log
         if not writes:
             return True
-        if not self._complete_logged_change(owner=epoch, epoch=epoch, discard_others=False):
+        if not self._roll_back_logged_change(epoch):
             return False
-        self._redo.write(epoch, writes)
+        self._log.write(epoch, {key: self.store.get(key) for key in writes}, writes)
         if not self.store.transact({fence_key: None}, writes):
-            return False  # the log stays; the successor discards it (or completes it, if it read it first)
-        self._redo.clear()
+            return False  # refused before writing; the log goes with the next roll-back
+        self._log.clear()
         return True
 
-    def _complete_logged_change(self, owner: int, epoch: int, discard_others: bool) -> bool:
-        """Re-apply the change logged by epoch ``owner`` (fenced by ``epoch``) and clear the
-        log. A log of any other epoch is a zombie's leftover: cleared if ``discard_others``,
-        else left for the caller's own log to replace. False when a later epoch refused the
-        replay (the log is then that epoch's to judge)."""
-        logged = self._redo.read()
+    def settle(self) -> None:
+        """Roll back an unfinished change, as the next writer would (stores without atomic
+        transactions; a no-op elsewhere). For tools that read a store no controller owns."""
+        if not self.atomic:
+            self._roll_back_logged_change(self.current_epoch())
+
+    def _roll_back_logged_change(self, epoch: int) -> bool:
+        """Undo the logged change, whoever wrote it (its writer never returned success), and
+        clear the log. False when a later epoch refused the roll-back."""
+        logged = self._log.read()
         if logged is None:
             return True
-        logged_epoch, writes = logged
-        if logged_epoch == owner:
-            if not self.store.transact({self._epochs.fence_key(epoch): None}, writes):
-                return False
-        elif not discard_others:
-            return True  # a zombie's leftover: the write about to be logged replaces it
-        self._redo.clear()
+        _, before, after = logged
+        fence_key = self._epochs.fence_key(epoch)
+        for key, value in self._log.undo_writes(before, after).items():
+            current = self.store.get(key)
+            if current != after[key] or current == value:
+                continue  # never written by that change, or written over since
+            if not self.store.transact({fence_key: None, key: current}, {key: value}):
+                if self.store.get(fence_key) is not None:
+                    return False
+        self._log.clear()
         return True
 
     # -- reads -----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ checks, then applies the writes one key at a time, all under the same process-lo
 - it is not crash-atomic: a failure (or a crash of the caller) between two writes leaves
   the earlier ones in place.
 
-``RecordStore`` makes up for it with a redo log (see ``checkpoint.py``); the controller, the
+``RecordStore`` makes up for it with an undo log (see ``checkpoint.py``); the controller, the
 only writer of its namespace, needs no more. Use SQLite or Redis where several processes must
 race on the same keys.
 """

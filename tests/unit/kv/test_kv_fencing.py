@@ -1,7 +1,7 @@
 """RecordStore on the in-memory store: epochs, fencing, copies, blobs and input checks.
 
 The same scenarios run against every real store in tests/integration/kv/test_kv_conformance.py;
-the redo log of stores without atomic transactions is in test_kv_redo_log.py.
+the undo log of stores without atomic transactions is in test_kv_change_log.py.
 """
 
 from __future__ import annotations

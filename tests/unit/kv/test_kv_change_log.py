@@ -1,4 +1,4 @@
-"""RecordStore on a store without atomic transactions (the Ray GCS KV): the redo log.
+"""RecordStore on a store without atomic transactions (the Ray GCS KV): the undo log.
 
 ``FaultyStore(memory, fail_at=k, atomic=False)`` applies a transaction one key at a time, as
 the GCS store does, and fails the k-th single-key write: a crash of the writer at that point.
@@ -32,9 +32,9 @@ def keys(memory):
     return {k: memory.get(k) for k in memory.list("ns/") if not k.startswith("ns/epoch")}
 
 
-def test_a_change_cut_short_at_any_write_is_completed_by_the_next_controller(memory):
-    """Fail the 1st, 2nd, ... single-key write of one change: before its log is written the
-    change never happened; after, the next controller's acquire_epoch completes it."""
+def test_a_change_cut_short_at_any_write_is_rolled_back_by_the_next_controller(memory):
+    """Fail the 1st, 2nd, ... single-key write of one change: its writer never returned
+    success, so the next controller's acquire_epoch restores what the keys held before."""
     seen_half_applied = False
     for fail_at in range(1, 20):
         ns_store = MemoryKVStore(f"memory://{uuid.uuid4().hex}")
@@ -52,14 +52,16 @@ def test_a_change_cut_short_at_any_write_is_completed_by_the_next_controller(mem
         seen_half_applied |= RecordStore(ns_store, "ns").read_all() not in (BEFORE, AFTER)
         successor = RecordStore(non_atomic(ns_store), "ns")
         assert successor.acquire_epoch() == epoch + 1
-        assert successor.read_all() == (BEFORE if fail_at == 1 else AFTER), f"fault at write {fail_at}"
+        assert successor.read_all() == BEFORE, f"fault at write {fail_at}"
         assert ns_store.get("ns/txn") is None
     else:
         pytest.fail("the change never completed")
     assert seen_half_applied, "no fault fell inside the change; the test proves nothing"
 
 
-def test_a_controller_completes_its_own_cut_short_change_before_its_next_one(memory):
+def test_a_controller_rolls_back_its_own_cut_short_change_before_its_next_one(memory):
+    """The write raised, so the controller committed nothing in memory: the store must not
+    keep any of it either (the simulator found the opposite, completing it, diverging)."""
     owner = RecordStore(non_atomic(memory), "ns")
     epoch = owner.acquire_epoch()
     owner.write(epoch, BEFORE)
@@ -70,8 +72,29 @@ def test_a_controller_completes_its_own_cut_short_change_before_its_next_one(mem
     assert store.read_all() not in (BEFORE, AFTER)
     faulty.fail_at = None  # the store is back
     store.write(epoch, {"goal/g": {"backend": "a"}})
-    assert store.read_all() == {**AFTER, "goal/g": {"backend": "a"}}
+    assert store.read_all() == {**BEFORE, "goal/g": {"backend": "a"}}
     assert memory.get("ns/txn") is None
+
+
+def test_a_roll_back_leaves_keys_written_since_and_never_deletes_a_blob(memory):
+    import hashlib
+
+    blob = b"model code"
+    digest = hashlib.sha256(blob).hexdigest()
+    owner = RecordStore(non_atomic(memory), "ns")
+    epoch = owner.acquire_epoch()
+    owner.write(epoch, BEFORE)
+    # the log, the 3 records and their copies, the blob: fail at the log clear (write 9)
+    faulty = non_atomic(memory, fail_at=9)
+    with pytest.raises(InjectedFault):
+        RecordStore(faulty, "ns").write(epoch, CHANGE, blobs={digest: blob})
+    assert faulty.faulted and memory.get("ns/txn") is not None
+    newer = RecordStore(memory, "ns")._record_writes(epoch, {"backend/a": {"v": 9}})
+    memory.put("ns/records/backend/a", newer["ns/records/backend/a"])  # written since
+    successor = RecordStore(non_atomic(memory), "ns")
+    successor.acquire_epoch()
+    assert successor.read_all() == {**BEFORE, "backend/a": {"v": 9}}
+    assert successor.blob_digests() == {digest}  # kept: the controller collects unnamed blobs
 
 
 def test_a_zombies_leftover_log_is_discarded_not_replayed(memory):
@@ -102,11 +125,9 @@ def test_a_stale_writer_leaves_no_log(memory):
     assert keys(memory) == {}
 
 
-def test_a_change_logged_just_before_a_successor_claims_is_completed_by_the_successor(memory):
-    """The GCS ambiguity: the old writer logged its change, then the successor claimed (and
-    completed the log, as it would after a crash), then the old writer's own writes were
-    refused. The change lands whole, as if written before the claim, though its writer was
-    told it was refused."""
+def test_a_change_logged_just_before_a_successor_claims_is_refused_and_rolled_back(memory):
+    """The old writer logged its change, then the successor claimed (rolling the log back),
+    then the old writer's writes were refused: nothing of it lands, as it was told."""
     old = RecordStore(non_atomic(memory), "ns")
     e1 = old.acquire_epoch()
     old.write(e1, BEFORE)
@@ -114,7 +135,7 @@ def test_a_change_logged_just_before_a_successor_claims_is_completed_by_the_succ
     racing = InterleavingStore(non_atomic(memory), hook=successor.acquire_epoch, method="transact")
     with pytest.raises(StaleEpochError, match="epoch 1 refused: epoch 2 owns 'ns'"):
         RecordStore(racing, "ns").write(e1, CHANGE)
-    assert racing.hook_ran and successor.read_all() == AFTER
+    assert racing.hook_ran and successor.read_all() == BEFORE
     assert memory.get("ns/txn") is None
 
 
@@ -127,13 +148,14 @@ def test_a_completed_change_leaves_only_live_keys(memory):
 
 
 @pytest.mark.parametrize("damage, match", [
-    (b"{ torn", "redo log 'ns/txn' is damaged \\(checkpoint 'ns/txn' is not valid JSON"),
-    (None, "redo log 'ns/txn' writes key 'other/records/x', outside its namespace"),
+    (b"{ torn", "change log 'ns/txn' is damaged \\(checkpoint 'ns/txn' is not valid JSON"),
+    (None, "change log 'ns/txn' names key 'other/records/x', outside its namespace"),
 ], ids=["torn", "foreign-key"])
 def test_a_damaged_log_is_refused_naming_its_key_and_the_fix(memory, damage, match):
     from serveplane.kv_store.codec import encode_checkpoint
 
     RecordStore(non_atomic(memory), "ns").acquire_epoch()
-    memory.put("ns/txn", damage or encode_checkpoint({"writes": {"other/records/x": None}}, 1))
+    memory.put("ns/txn", damage or encode_checkpoint(
+        {"before": {"other/records/x": None}, "after": {"other/records/x": None}}, 1))
     with pytest.raises(CorruptCheckpointError, match=match + ".*Delete 'ns/txn' to start without it"):
         RecordStore(non_atomic(memory), "ns").acquire_epoch()
