@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import time
 from typing import Any, Callable, Protocol
 
@@ -58,8 +59,8 @@ FENCING_ATOMIC = ("atomic: every write checks the epoch in the same store transa
 FENCING_GCS = ("weaker on ray:// (GCS KV has no multi-key transaction): epochs are claimed "
                "with GCS's atomic put-if-absent and checked before every write and "
                "destructive action, but a controller paused between that check and its write "
-               "can still land one write after its successor started; a change interrupted "
-               "by a crash is completed from its redo log by the next controller")
+               "can still land one write after its successor started; a change cut short by a "
+               "crash or a store error is rolled back from its undo log by the next writer")
 
 
 def blob_hash(blob: bytes) -> str:
@@ -118,8 +119,8 @@ class ServeController:
         self._router_stats: dict[str, tuple[float, dict[str, Any]]] = {}
         self._router_blobs: dict[str, bytes] = {}
         self._checkpoint_warning: str | None = None
-        self._last_sweep = clock()
-        self._last_epoch_check = clock()
+        self._last_sweep = -math.inf        # the first step sweeps: a crash may have left orphans
+        self._last_epoch_check = -math.inf
         started = time.perf_counter()
         self._recover()
         self.recovery_s = time.perf_counter() - started
