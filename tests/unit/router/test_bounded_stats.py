@@ -42,7 +42,10 @@ def test_batch_sizes_stay_bounded_after_100k_batches():
         after = tracemalloc.take_snapshot()
     finally:
         tracemalloc.stop()
-    assert sum(s.size_diff for s in after.compare_to(before, "filename")) < 16 * 1024
+    # only what stats.py allocated: other threads of the test process allocate meanwhile
+    grown = sum(s.size_diff for s in after.compare_to(before, "filename")
+                if s.traceback[0].filename.endswith("router/stats.py"))
+    assert grown < 16 * 1024
     figures = sizes.as_dict()
     assert (figures["batches"], figures["max_batch_size_seen"]) == (101_000, 5_000)
     assert sum(figures["batch_sizes"].values()) == 101_000
