@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run run-embedding test typecheck bench unit clean redis
+.PHONY: run run-embedding test typecheck bench unit sim clean redis
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ typecheck: $(TEST_STAMP)
 
 unit: $(TEST_STAMP)
 	$(PY) -m pytest tests/unit -q
+
+# The control-plane simulator: `make sim SEEDS=100000` runs many seeds, `make sim SEED=n`
+# replays one with every event printed.
+SEEDS ?= 1000
+sim: $(TEST_STAMP)
+	$(PY) -m tests.sim $(if $(SEED),--seed $(SEED) -v,--seeds $(SEEDS))
 
 bench: $(TEST_STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
