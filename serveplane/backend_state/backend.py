@@ -174,8 +174,11 @@ class BackendState:
 
     @property
     def failed(self) -> str | None:
-        """Why the current version cannot start, once it failed ``MAX_START_FAILURES`` times."""
-        return self._last_failure if self._start_failures >= MAX_START_FAILURES else None
+        """Why the current version cannot start, once it failed ``MAX_START_FAILURES`` times
+        (never while deleting: nothing needs to start then)."""
+        if self.record.deleting or self._start_failures < MAX_START_FAILURES:
+            return None
+        return self._last_failure
 
     # -- reconcile -----------------------------------------------------------------
     def update(self, now: float) -> BackendUpdate:

@@ -382,8 +382,9 @@ class Simulation:
                         raise Violation(f"delete goal {gid} succeeded while backend {goal.backend} exists")
                 elif state is None or not state._converged():
                     raise Violation(f"goal {gid} ({goal.kind} {goal.backend}) succeeded before convergence")
-            elif goal.state is GoalState.FAILED and not goal.error:
-                raise Violation(f"goal {gid} failed without a reason")
+            elif goal.state is GoalState.FAILED and (not goal.error or goal.kind == "delete"):
+                raise Violation(f"goal {gid} ({goal.kind} {goal.backend}) failed: {goal.error!r}; "
+                                "a delete cannot fail and a failure needs a reason")
 
     def stored(self) -> dict[str, dict[str, Any]]:
         """The records as the next reader finds them: on the undo-logged store an unfinished
