@@ -24,6 +24,7 @@ class BackendStateManager:
         self._backends: dict[str, BackendState] = {}
         self._wakeups: list[tuple[float, str]] = []  # heap; stale entries skipped by _due_at
         self._due_at: dict[str, float] = {}
+        self._autoscaled: set[str] = set()  # so that a tick never scans every backend
 
     def exists(self, tag: str) -> bool:
         state = self._backends.get(tag)
@@ -47,12 +48,29 @@ class BackendStateManager:
     def add(self, record: BackendRecord) -> BackendState:
         state = BackendState(record, self._factory)
         self._backends[record.tag] = state
+        self._index(state)
         self.mark_active(record.tag)
         return state
+
+    def set_target(self, state: BackendState, record: BackendRecord) -> None:
+        """Commit a new (persisted) target and visit the backend next tick."""
+        state.set_target(record)
+        self._index(state)
+        self.mark_active(state.tag)
 
     def remove(self, tag: str) -> None:
         self._backends.pop(tag, None)
         self._due_at.pop(tag, None)
+        self._autoscaled.discard(tag)
+
+    def _index(self, state: BackendState) -> None:
+        if state.record.config.autoscaling_config is not None and not state.record.deleting:
+            self._autoscaled.add(state.tag)
+        else:
+            self._autoscaled.discard(state.tag)
+
+    def autoscaled(self) -> list[BackendState]:
+        return [self._backends[tag] for tag in sorted(self._autoscaled)]
 
     def __iter__(self) -> Iterator[BackendState]:
         return iter(list(self._backends.values()))

@@ -16,6 +16,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import logging
@@ -28,7 +29,7 @@ import ray
 from serveplane.backend_state import BackendRecord, BackendState, BackendStateManager, ReplicaActorWrapper
 from serveplane.config import parse_backend_config, validate_actor_options
 from serveplane.controller.autoscaler import Autoscaler
-from serveplane.controller.goals import Goal, GoalManager
+from serveplane.controller.goals import FINISHED_RECORD, Goal, GoalManager
 from serveplane.controller.persistence import (
     Change,
     IORunner,
@@ -122,7 +123,11 @@ class ServeController:
         self._last_sweep = -math.inf        # the first step sweeps: a crash may have left orphans
         self._last_epoch_check = -math.inf
         started = time.perf_counter()
-        self._recover()
+        gc.disable()  # recovery allocates many long-lived objects: collecting them midway is waste
+        try:
+            self._recover()
+        finally:
+            gc.enable()
         self.recovery_s = time.perf_counter() - started
         self._loop_task: asyncio.Task | None = None
         self._shutting_down = False
@@ -150,7 +155,7 @@ class ServeController:
             self._checkpoint_warning = "; ".join(store.recovered_from_backup)
             logger.error("checkpoint was corrupt (%s); recovered the last good state from its backup",
                          self._checkpoint_warning)
-        endpoints, goals = {}, []
+        endpoints, goals, finished = {}, [], None
         now = self._clock()
         refs = self._persistence.refs
         for name, payload in records.items():
@@ -163,12 +168,14 @@ class ServeController:
                 endpoints[key] = payload
             elif kind == "goal":
                 goals.append(Goal.from_payload(key, payload))
+            elif name == FINISHED_RECORD:
+                finished = payload
         self._endpoints.load_checkpoint(endpoints)
         for endpoint in self._endpoints.records().values():
             if endpoint.router_blob_hash:
                 self._router_blobs[endpoint.router_blob_hash] = store.get_blob(endpoint.router_blob_hash)
                 refs.apply((), (endpoint.router_blob_hash,))
-        self._goals.load(goals)
+        self._goals.load(goals, finished)
         unreferenced = store.blob_digests() - refs.referenced()
         if unreferenced:  # left by a crash of the previous format; collect them now
             store.write(self._epoch, {}, {digest: None for digest in unreferenced})
@@ -351,7 +358,7 @@ class ServeController:
         """New blobs that no record names yet, plus deletes of blobs no record will name."""
         refs = self._persistence.refs
         out: dict[str, bytes | None] = {d: data for d, data in blobs.items()
-                                        if data is not None and d not in refs.referenced()}
+                                        if data is not None and not refs.names(d)}
         for digest in refs.released(removed, added):
             out[digest] = None
         return out
@@ -371,7 +378,9 @@ class ServeController:
         goal, existing = self._goal_for_unchanged(tag)
         if goal is None:
             return existing
-        await self._persistence.write(Change(records={goal.name: goal.payload()}))
+        change = Change()
+        self._goals.persist([goal], change.records)
+        await self._persistence.write(change)
         self._goals.commit([goal])
         self._backends.mark_active(tag)
         return goal.id
@@ -401,9 +410,9 @@ class ServeController:
             goal = GoalManager.new(tag, "create")
             blobs = self._blob_writes({code_hash: code_blob, init_hash: init_blob}, (),
                                       record.blob_hashes())
-            await self._persistence.write(Change(
-                records={f"backend/{tag}": record.model_dump(mode="json"), goal.name: goal.payload()},
-                blobs=blobs))
+            change = Change(records={f"backend/{tag}": record.model_dump(mode="json")}, blobs=blobs)
+            self._goals.persist([goal], change.records)
+            await self._persistence.write(change)
             self._backends.add(record)
             self._persistence.refs.apply((), record.blob_hashes())
             self._goals.commit([goal])
@@ -446,13 +455,13 @@ class ServeController:
                 new_blobs[code_hash] = code_blob
             if init_blob is not None:
                 new_blobs[init_hash] = init_blob
-            await self._persistence.write(Change(
-                records={f"backend/{tag}": record.model_dump(mode="json"), goal.name: goal.payload()},
-                blobs=self._blob_writes(new_blobs, old.blob_hashes(), record.blob_hashes())))
-            state.set_target(record)
+            change = Change(records={f"backend/{tag}": record.model_dump(mode="json")},
+                            blobs=self._blob_writes(new_blobs, old.blob_hashes(), record.blob_hashes()))
+            self._goals.persist([goal], change.records)
+            await self._persistence.write(change)
+            self._backends.set_target(state, record)
             self._persistence.refs.apply(old.blob_hashes(), record.blob_hashes())
             self._goals.commit([goal])
-            self._backends.mark_active(tag)
             self._publish_backend(tag)
             return goal.id
 
@@ -496,14 +505,11 @@ class ServeController:
             overtaken = GoalManager.finish(
                 self._goals.pending_for(tag),
                 f"backend {tag!r} was deleted before this change completed")
-            change = Change(records={f"backend/{tag}": record.model_dump(mode="json"),
-                                     goal.name: goal.payload()})
-            for finished in overtaken:
-                change.records[finished.name] = finished.payload()
+            change = Change(records={f"backend/{tag}": record.model_dump(mode="json")})
+            self._goals.persist([*overtaken, goal], change.records)
             await self._persistence.write(change)
-            state.set_target(record)
+            self._backends.set_target(state, record)
             self._goals.commit([*overtaken, goal])
-            self._backends.mark_active(tag)
             self._publish_removed(tag)
             return goal.id
 
@@ -527,7 +533,7 @@ class ServeController:
         if added and router_blob:
             self._router_blobs[added[0]] = router_blob
         for digest in removed:
-            if digest not in self._persistence.refs.referenced():
+            if not self._persistence.refs.names(digest):
                 self._router_blobs.pop(digest, None)
         self._publish_endpoint(name)
         if routes_changed:

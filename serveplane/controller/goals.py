@@ -1,10 +1,12 @@
 """Goals: a client's change completes when its backend reaches the new target.
 
-Every goal is a persisted record ``goal/<id>``: pending ones so that they still complete
-after a controller restart, finished ones (the last ``MAX_FINISHED``) so that a client that
-waits across a restart learns the outcome instead of "unknown goal". Decisions and commits
-are separate: ``finish``/``create`` return new ``Goal`` values for the caller to persist;
-``commit`` makes them true in memory and wakes waiters.
+A pending goal is a persisted record ``goal/<id>``, so that it still completes after a
+controller restart. Finished outcomes (the last ``MAX_FINISHED``) live together in one
+record, ``goals/finished``, so that a client that waits across a restart learns the outcome
+instead of "unknown goal", while recovery reads one key for them however many calls were
+ever made. Decisions and commits are separate: ``new``/``finish`` return ``Goal`` values,
+``persist`` adds what they change to a change's records, ``commit`` makes them true in
+memory and wakes waiters.
 
 Rules:
 - a goal completes only when its backend converged on the target it was created for
@@ -26,7 +28,8 @@ from typing import Any, Iterable
 
 from serveplane.exceptions import GoalNotFoundError
 
-MAX_FINISHED = 500
+MAX_FINISHED = 200
+FINISHED_RECORD = "goals/finished"
 
 
 class GoalState(str, enum.Enum):
@@ -83,10 +86,21 @@ class GoalManager:
         state = GoalState.FAILED if error else GoalState.SUCCEEDED
         return [replace(g, state=state, error=error) for g in goals]
 
-    def evicted_by(self, finishing: int) -> list[str]:
-        """Names of the oldest finished goals that ``finishing`` more would push out."""
-        excess = len(self._finished) + finishing - MAX_FINISHED
-        return [f"goal/{gid}" for gid in list(self._finished)[:max(0, excess)]]
+    def persist(self, goals: Iterable[Goal], records: dict[str, Any]) -> None:
+        """Add the records that ``goals`` (new or finished) change to ``records``."""
+        finished = []
+        for goal in goals:
+            if goal.state is GoalState.PENDING:
+                records[goal.name] = goal.payload()
+            else:
+                records[goal.name] = None
+                finished.append(goal)
+        if finished:
+            ring = collections.OrderedDict(self._finished)
+            for goal in finished:
+                ring[goal.id] = goal
+            kept = list(ring.values())[-MAX_FINISHED:]
+            records[FINISHED_RECORD] = {"goals": {g.id: g.payload() for g in kept}}
 
     # -- commit ------------------------------------------------------------------------
     def commit(self, goals: Iterable[Goal]) -> None:
@@ -102,10 +116,11 @@ class GoalManager:
         while len(self._finished) > MAX_FINISHED:
             self._finished.popitem(last=False)
 
-    def load(self, goals: Iterable[Goal]) -> None:
+    def load(self, pending: Iterable[Goal], finished: dict[str, Any] | None = None) -> None:
         self._pending.clear()
         self._finished.clear()
-        self.commit(goals)
+        outcomes = (finished or {}).get("goals", {})
+        self.commit([*(Goal.from_payload(gid, p) for gid, p in outcomes.items()), *pending])
 
     # -- views -------------------------------------------------------------------------
     def get(self, goal_id: str) -> Goal:
@@ -131,4 +146,9 @@ class GoalManager:
         return {gid: g.backend for gid, g in self._pending.items()}
 
     def all_names(self) -> list[str]:
-        return [f"goal/{gid}" for gid in list(self._pending) + list(self._finished)]
+        """Every record goals occupy in the store."""
+        return [f"goal/{gid}" for gid in self._pending] + ([FINISHED_RECORD] if self._finished else [])
+
+    def finished_payload(self) -> dict[str, Any] | None:
+        """What ``goals/finished`` holds (None when nothing finished yet)."""
+        return {"goals": {g.id: g.payload() for g in self._finished.values()}} if self._finished else None

@@ -74,10 +74,17 @@ class BlobRefs:
         return {d for d, n in scratch.items() if n <= 0 and d in self._counts}
 
     def apply(self, removed: Iterable[str], added: Iterable[str]) -> None:
-        self._counts.update(added)
-        self._counts.subtract(removed)
-        for digest in [d for d, n in self._counts.items() if n <= 0]:
-            del self._counts[digest]
+        """O(references changed), whatever the number of blobs."""
+        for digest in added:
+            self._counts[digest] += 1
+        for digest in removed:
+            self._counts[digest] -= 1
+            if self._counts[digest] <= 0:
+                del self._counts[digest]
+
+    def names(self, digest: str) -> bool:
+        """Some committed record names this blob."""
+        return digest in self._counts
 
     def referenced(self) -> set[str]:
         return set(self._counts)

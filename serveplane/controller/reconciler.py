@@ -121,10 +121,9 @@ class Reconciler:
 
     # -- decide ---------------------------------------------------------------------------
     def _autoscale(self, now: float) -> None:
-        for state in self._backends:
+        for state in self._backends.autoscaled():
             auto = state.record.config.autoscaling_config
-            if auto is None or state.record.deleting:
-                continue
+            assert auto is not None
             running = len(state.serving_infos())
             current = self._desired_targets.get(state.tag, state.record.target_replicas)
             desired = self._autoscaler.decide(
@@ -165,10 +164,7 @@ class Reconciler:
                     finished += GoalManager.finish(self._goals.pending_for(tag))
                 elif update.failure:
                     finished += GoalManager.finish(self._goals.pending_for(tag), update.failure)
-        for goal in finished:
-            change.records[goal.name] = goal.payload()
-        for name in self._goals.evicted_by(len(finished)):
-            change.records[name] = None
+        self._goals.persist(finished, change.records)
 
         def commit() -> None:
             for state, update in updates:

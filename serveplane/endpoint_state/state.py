@@ -123,6 +123,7 @@ class EndpointState:
     def __init__(self, backend_exists: Callable[[str], bool]) -> None:
         self._backend_exists = backend_exists
         self._endpoints: dict[str, EndpointRecord] = {}
+        self._by_route: dict[str, str] = {}  # route -> endpoint: uniqueness in O(1)
 
     # -- queries ---------------------------------------------------------------
     def get(self, name: str) -> EndpointRecord:
@@ -183,12 +184,10 @@ class EndpointState:
             raise DuplicateError(
                 f"endpoint {name!r} already exists with a different definition; delete it first "
                 "or use set_traffic / set_router to change it")
-        if route is not None:
-            for other in self._endpoints.values():
-                if other.route == route:
-                    raise DuplicateError(
-                        f"route {route!r} is already used by endpoint {other.name!r}; "
-                        "routes must be unique")
+        if route is not None and route in self._by_route:
+            raise DuplicateError(
+                f"route {route!r} is already used by endpoint {self._by_route[route]!r}; "
+                "routes must be unique")
         return record
 
     def validate_traffic(self, name: str, traffic: Mapping[str, float]) -> EndpointRecord:
@@ -221,14 +220,22 @@ class EndpointState:
         return record.model_copy(update={"batch_size": size, "batch_timeout_s": timeout})
 
     def put(self, record: EndpointRecord) -> None:
+        self.remove(record.name)
         self._endpoints[record.name] = record
+        if record.route:
+            self._by_route[record.route] = record.name
 
     def remove(self, name: str) -> bool:
-        return self._endpoints.pop(name, None) is not None
+        record = self._endpoints.pop(name, None)
+        if record is not None and record.route:
+            self._by_route.pop(record.route, None)
+        return record is not None
 
     # -- persistence -----------------------------------------------------------
     def to_checkpoint(self) -> dict[str, Any]:
         return {name: r.model_dump(mode="json") for name, r in self._endpoints.items()}
 
     def load_checkpoint(self, data: Mapping[str, Any]) -> None:
-        self._endpoints = {name: EndpointRecord.model_validate(r) for name, r in data.items()}
+        self._endpoints, self._by_route = {}, {}
+        for r in data.values():
+            self.put(EndpointRecord.model_validate(r))

@@ -454,8 +454,10 @@ class Simulation:
                                 "are not in its stored record")
         for name, record in ctrl._endpoints.records().items():
             memory[f"endpoint/{name}"] = record.model_dump(mode="json")
-        for name in ctrl._goals.all_names():
-            memory[name] = ctrl._goals.get(name[len("goal/"):]).payload()
+        for gid in ctrl._goals.pending():
+            memory[f"goal/{gid}"] = ctrl._goals.get(gid).payload()
+        if ctrl._goals.finished_payload() is not None:
+            memory["goals/finished"] = ctrl._goals.finished_payload()
         if memory != stored:
             diff = sorted(k for k in set(memory) | set(stored) if memory.get(k) != stored.get(k))
             raise Violation(f"memory and store differ at {diff}: memory {[memory.get(k) for k in diff][:2]}, "
