@@ -303,6 +303,9 @@ class LongPollClient:
             self._apply(result)
 
     def _lookup_host(self) -> Any:
+        if not ray.is_initialized():
+            # e.g. Ray shut down at exit: a Ray call from this thread would start a new instance
+            raise _HostUnavailable("ray is not initialized in this process")
         try:
             return ray.get_actor(self.host_actor_name, namespace=self.namespace)
         except ValueError as exc:  # Ray's "actor not found"

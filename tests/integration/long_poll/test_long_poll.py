@@ -18,7 +18,7 @@ from tests.integration.long_poll.conftest import NAMESPACE
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
 
-CATCH_UP_S = 10.0
+CATCH_UP_S = 30.0  # a deadline, not a wait: generous for a loaded 2-core machine
 
 
 @ray.remote(num_cpus=0)
@@ -281,3 +281,24 @@ def _try(fn: Callable[[], bool]) -> bool:
         return fn()
     except Exception:  # noqa: BLE001 - the host is still restarting
         return False
+
+
+def test_a_client_never_starts_ray_after_shutdown():
+    """A long-poll thread that looked its host up after ``ray.shutdown()`` made Ray
+    auto-initialize a new local instance (seen at the end of a test session)."""
+    from tests.conftest import run_script
+
+    out = run_script("""
+import time, ray
+from serveplane.long_poll import LongPollClient
+ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
+client = LongPollClient("no-such-host", namespace="nowhere")
+client.subscribe("k", lambda value: None)
+ray.shutdown()
+deadline = time.monotonic() + 5  # the client retries with back-off: give it several tries
+while time.monotonic() < deadline:
+    assert not ray.is_initialized(), "the long-poll thread started a new Ray instance"
+    time.sleep(0.2)
+print("still not initialized")
+""", timeout=120)
+    assert "still not initialized" in out
