@@ -133,6 +133,12 @@ def test_sessions_stick_and_move_when_replica_dies(serve_instance):
     assert first["replica"] == again["replica"] and first["session"] == again["session"]
 
     ray.kill(ray.get_actor(next(iter(replicas)), namespace=client._namespace), no_restart=True)
+    # the session's next request is answered elsewhere at once (retried off the dead replica)
+    assert h.options(session_id=sid).remote().result(timeout=30)["replica"] not in replicas
+    # once the replacement has joined, the session sticks to one live replica again (the set
+    # changing may move it once more: rendezvous hashing over the new set)
+    live = lambda: {n for names in h.router.statistics()["replicas"].values() for n in names}  # noqa: E731
+    wait_until(lambda: len(live()) == 3 and not live() & replicas, timeout=60)
     moved = {h.options(session_id=sid).remote().result(timeout=30)["replica"] for _ in range(20)}
     assert len(moved) == 1 and moved != replicas
     assert h.router.statistics()["session_moves"] >= 1
