@@ -8,6 +8,8 @@ import time
 
 import ray
 
+from serveplane import accept_batch
+
 
 class Counter:
     def __init__(self, prefix: str = "v1") -> None:
@@ -47,3 +49,33 @@ def echo(x):
 def sleepy(x):
     time.sleep(0.01)
     return x
+
+
+class AsyncConfigured:
+    """An async reconfigure plus an initial user_config: every start used to fail."""
+
+    def __init__(self) -> None:
+        self.config = None
+
+    async def reconfigure(self, user_config):
+        await asyncio.sleep(0)
+        self.config = user_config
+
+    def __call__(self, x):
+        return {"config": self.config, "x": x}
+
+
+class BatchSizes:
+    """Records the size of every batch it is given (replica-side @accept_batch)."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    @accept_batch
+    def __call__(self, items):
+        time.sleep(0.05)  # long enough for concurrent callers to gather
+        self.sizes.append(len(items))
+        return items
+
+    def seen(self):
+        return self.sizes
