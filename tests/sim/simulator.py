@@ -201,6 +201,8 @@ class Simulation:
             return
         except StaleEpochError as exc:
             raise Violation(f"the live controller was fenced out: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - the loop would log it, but the step was cut short
+            raise Violation(f"the control step raised {exc!r}; its remaining work was skipped") from None
         self.check_goal_transitions(before)
 
     def api_call(self) -> None:
