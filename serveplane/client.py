@@ -184,6 +184,40 @@ class Client:
     def list_endpoints(self) -> dict[str, dict[str, Any]]:
         return self._call("list_endpoints")
 
+    # -- progressive rollouts ----------------------------------------------------------
+    def start_rollout(self, endpoint_name: str, backend_tag: str,
+                      steps: list[float] | tuple[float, ...] = (0.01, 0.05, 0.25, 0.5, 1.0),
+                      interval_s: float = 60.0, guards: Mapping[str, Any] | None = None,
+                      shadow_s: float = 0.0, shadow_proportion: float = 1.0) -> dict[str, Any]:
+        """Move ``endpoint_name`` to ``backend_tag`` step by step, each step guarded by the
+        canary's own figures (README, "Progressive rollouts"). Returns the rollout."""
+        return self._call("start_rollout", endpoint_name, backend_tag, list(steps), interval_s,
+                          dict(guards) if guards is not None else None, shadow_s, shadow_proportion)
+
+    def get_rollout(self, endpoint_name: str) -> dict[str, Any]:
+        """endpoint, backend, source, state, step, weight, steps, reason, history, ..."""
+        return self._call("get_rollout", endpoint_name)
+
+    def wait_for_rollout(self, endpoint_name: str, timeout_s: float = 600.0) -> dict[str, Any]:
+        """Block until the rollout reaches a final state (or ``timeout_s``); returns it."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            rollout = self._call("wait_for_rollout", endpoint_name, max(0.0, min(remaining, 10.0)),
+                                 timeout_s=max(remaining, 0.0) + 15.0)
+            if rollout["state"] in ("succeeded", "rolled_back", "aborted") or remaining <= 0:
+                return rollout
+
+    def pause_rollout(self, endpoint_name: str) -> dict[str, Any]:
+        return self._call("pause_rollout", endpoint_name)
+
+    def resume_rollout(self, endpoint_name: str) -> dict[str, Any]:
+        return self._call("resume_rollout", endpoint_name)
+
+    def abort_rollout(self, endpoint_name: str) -> dict[str, Any]:
+        """Back to the source traffic now; state ``aborted``."""
+        return self._call("abort_rollout", endpoint_name)
+
     # -- data path ---------------------------------------------------------------------
     def get_handle(self, endpoint_name: str) -> Any:
         from serveplane.router import get_handle

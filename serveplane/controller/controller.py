@@ -16,6 +16,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import hashlib
 import json
@@ -37,17 +38,21 @@ from serveplane.controller.persistence import (
     thread_runner,
 )
 from serveplane.controller.reconciler import Reconciler, StepReport
+from serveplane.controller.rollouts import RolloutDriver, with_rollout
 from serveplane.endpoint_state import EndpointRecord, EndpointState
 from serveplane.endpoint_state.state import validate_name
 from serveplane.exceptions import (
+    BackendNotFoundError,
     DuplicateError,
     InUseError,
     InvalidConfigError,
+    NotFoundError,
     StaleEpochError,
 )
 from serveplane.kv_store import RecordStore, open_store
 from serveplane.long_poll import LongPollHost
 from serveplane.records import REPLICA_NAME_PREFIX, keys
+from serveplane.rollout import FINAL, Rollout, RolloutState, validate_rollout
 
 logger = logging.getLogger(__name__)
 
@@ -89,11 +94,12 @@ class ServeController:
                  wrapper_factory: Any = None, run_loop: bool = True,
                  run_io: IORunner | None = None, run_ray: IORunner | None = None,
                  clock: Callable[[], float] = time.monotonic, store: Any = None,
-                 actors: Any = None) -> None:
+                 actors: Any = None, wall_clock: Callable[[], float] = time.time) -> None:
         self._namespace = namespace
         self._kv_url = kv_url
         self._http_options = http_options
         self._clock = clock
+        self._wall = wall_clock  # persisted times (rollout history, step starts)
         self._pools: list[Any] = []
         if run_io is None:
             run_io, pool = thread_runner("serveplane-store")
@@ -119,6 +125,10 @@ class ServeController:
                                       self._publish_replicas, self._publish_removed)
         self._router_stats: dict[str, tuple[float, dict[str, Any]]] = {}
         self._router_blobs: dict[str, bytes] = {}
+        self.rollbacks: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._rollouts = RolloutDriver(self._endpoints, self._persistence, self._lock,
+                                       self._router_stats, self._publish_endpoint,
+                                       wall_clock=wall_clock, on_rollback=self._count_rollback)
         self._checkpoint_warning: str | None = None
         self._last_sweep = -math.inf        # the first step sweeps: a crash may have left orphans
         self._last_epoch_check = -math.inf
@@ -176,6 +186,7 @@ class ServeController:
                 self._router_blobs[endpoint.router_blob_hash] = store.get_blob(endpoint.router_blob_hash)
                 refs.apply((), (endpoint.router_blob_hash,))
         self._goals.load(goals, finished)
+        self._rollouts.recovered()
         unreferenced = store.blob_digests() - refs.referenced()
         if unreferenced:  # left by a crash of the previous format; collect them now
             store.write(self._epoch, {}, {digest: None for digest in unreferenced})
@@ -255,6 +266,12 @@ class ServeController:
             if not owned:
                 raise self._persistence.stale or StaleEpochError(f"epoch {self._epoch} is stale")
         report = await self._reconciler.step(now)
+        try:
+            await self._rollouts.step()
+        except StaleEpochError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. the store is down: judged again next tick
+            logger.warning("rollout step not stored (%s); retrying next tick", exc)
         if now - self._last_sweep > ORPHAN_SWEEP_PERIOD_S:
             self._last_sweep = now
             await self._sweep_orphans()
@@ -492,7 +509,9 @@ class ServeController:
                 return None
             if state.record.deleting:
                 return self._goals.latest_pending(tag)
-            users = self._endpoints.backends_in_use(tag)
+            aborted = self._rollouts_aborted_by_deleting(tag)
+            users = [u for u in self._endpoints.backends_in_use(tag)
+                     if u not in aborted or tag in aborted[u].traffic or tag in aborted[u].shadows]
             if users:
                 raise InUseError(
                     f"backend {tag!r} is still used by endpoint(s) {', '.join(users)}; remove it "
@@ -506,12 +525,98 @@ class ServeController:
                 self._goals.pending_for(tag),
                 f"backend {tag!r} was deleted before this change completed")
             change = Change(records={f"backend/{tag}": record.model_dump(mode="json")})
+            for name, endpoint in aborted.items():
+                change.records[f"endpoint/{name}"] = endpoint.model_dump(mode="json")
             self._goals.persist([*overtaken, goal], change.records)
             await self._persistence.write(change)
+            for name, endpoint in aborted.items():
+                self._rollouts.commit(endpoint)
+                self._publish_endpoint(name)
             self._backends.set_target(state, record)
             self._goals.commit([*overtaken, goal])
             self._publish_removed(tag)
             return goal.id
+
+    def _rollouts_aborted_by_deleting(self, tag: str) -> dict[str, EndpointRecord]:
+        """Endpoint records whose unfinished rollout of canary ``tag`` deleting it aborts."""
+        out = {}
+        for name, record in self._endpoints.records().items():
+            rollout = record.rollout
+            if rollout is not None and rollout.backend == tag and rollout.state not in FINAL:
+                out[name] = with_rollout(record, rollout.abort(
+                    self._wall(), f"its canary backend {tag!r} was deleted"))
+        return out
+
+    # -- rollouts ----------------------------------------------------------------------
+    async def start_rollout(self, endpoint: str, backend: str, steps: Any, interval_s: Any = 60.0,
+                            guards: Any = None, shadow_s: Any = 0.0,
+                            shadow_proportion: Any = 1.0) -> dict[str, Any]:
+        async with self._lock:
+            record = self._endpoints.get(endpoint)
+            if not self._backends.exists(backend):
+                raise BackendNotFoundError(
+                    f"canary backend {backend!r} does not exist; known backends: "
+                    f"{', '.join(self._backends.tags()) or 'none'}")
+            current = record.rollout
+            if current is not None and current.state not in FINAL:
+                raise DuplicateError(
+                    f"endpoint {endpoint!r} already has a {current.state.value} rollout of "
+                    f"{current.backend!r}; abort_rollout it first (one rollout per endpoint)")
+            parsed = validate_rollout(endpoint, backend, dict(record.traffic), steps, interval_s, guards,
+                                      shadow_s, shadow_proportion)
+            steps_t, interval, guards_m, shadow, proportion = parsed
+            now = self._wall()
+            rollout = Rollout(
+                endpoint=endpoint, backend=backend, source=dict(record.traffic),
+                source_shadows=dict(record.shadows), steps=steps_t, interval_s=interval,
+                guards=guards_m, shadow_s=shadow, shadow_proportion=proportion,
+                state=RolloutState.SHADOWING if shadow > 0 else RolloutState.RUNNING,
+                step=-1 if shadow > 0 else 0, step_started_at=now)
+            rollout = rollout.note(now, "started: " + (f"shadow phase ({shadow:g}s)" if shadow > 0
+                                                        else f"step 0 (weight {steps_t[0]:g})"))
+            await self._commit_endpoint(with_rollout(record, rollout), endpoint)
+            return self._rollout_view(endpoint)
+
+    def _rollout_view(self, endpoint: str) -> dict[str, Any]:
+        record = self._endpoints.get(endpoint)
+        if record.rollout is None:
+            raise NotFoundError(f"endpoint {endpoint!r} has no rollout; start one with start_rollout")
+        view = record.rollout.public()
+        verdict = self._rollouts.verdicts.get(endpoint)
+        if record.rollout.active and verdict is not None:
+            view["reason"] = verdict.reason
+            view["readings"] = verdict.readings
+        view["traffic"] = dict(record.traffic)
+        return view
+
+    async def get_rollout(self, endpoint: str) -> dict[str, Any]:
+        return self._rollout_view(endpoint)
+
+    async def wait_for_rollout(self, endpoint: str, timeout_s: float) -> dict[str, Any]:
+        self._rollout_view(endpoint)  # raises for an unknown endpoint or no rollout
+        await self._rollouts.wait(endpoint, timeout_s)
+        return self._rollout_view(endpoint)
+
+    async def _move_rollout(self, endpoint: str, move: Callable[[Rollout, float], Rollout]) -> dict[str, Any]:
+        async with self._lock:
+            record = self._endpoints.get(endpoint)
+            if record.rollout is None:
+                raise NotFoundError(f"endpoint {endpoint!r} has no rollout; start one with start_rollout")
+            await self._commit_endpoint(with_rollout(record, move(record.rollout, self._wall())), endpoint)
+            return self._rollout_view(endpoint)
+
+    async def pause_rollout(self, endpoint: str) -> dict[str, Any]:
+        return await self._move_rollout(endpoint, lambda r, now: r.pause(now, "paused by the operator"))
+
+    async def resume_rollout(self, endpoint: str) -> dict[str, Any]:
+        return await self._move_rollout(endpoint, lambda r, now: r.resume(now))
+
+    async def abort_rollout(self, endpoint: str) -> dict[str, Any]:
+        return await self._move_rollout(endpoint, lambda r, now: r.abort(now, "aborted by the operator"))
+
+    def _count_rollback(self, rollout: Rollout) -> None:
+        guard = rollout.reason.split(" > ")[0] if " > " in rollout.reason else rollout.reason
+        self.rollbacks[(rollout.endpoint, guard[:80])] += 1
 
     # -- endpoints ---------------------------------------------------------------------
     async def _commit_endpoint(self, record: EndpointRecord | None, name: str,
@@ -528,7 +633,7 @@ class ServeController:
         if record is None:
             self._endpoints.remove(name)
         else:
-            self._endpoints.put(record)
+            self._rollouts.commit(record)
         self._persistence.refs.apply(removed, added)
         if added and router_blob:
             self._router_blobs[added[0]] = router_blob
@@ -560,11 +665,22 @@ class ServeController:
 
     async def set_traffic(self, name: str, traffic: dict[str, float]) -> None:
         async with self._lock:
-            await self._commit_endpoint(self._endpoints.validate_traffic(name, traffic), name)
+            record = self._endpoints.validate_traffic(name, traffic)
+            await self._commit_endpoint(self._operator_wins(record, f"set_traffic({traffic})"), name)
 
     async def shadow_traffic(self, name: str, backend: str, proportion: float) -> None:
         async with self._lock:
-            await self._commit_endpoint(self._endpoints.validate_shadow(name, backend, proportion), name)
+            record = self._endpoints.validate_shadow(name, backend, proportion)
+            await self._commit_endpoint(
+                self._operator_wins(record, f"shadow_traffic({backend!r}, {proportion})"), name)
+
+    def _operator_wins(self, record: EndpointRecord, call: str) -> EndpointRecord:
+        """A manual traffic change pauses the endpoint's active rollout, in the same write."""
+        rollout = record.rollout
+        if rollout is None or not rollout.active:
+            return record
+        return record.model_copy(update={"rollout": rollout.pause(
+            self._wall(), f"the operator changed the traffic by hand: {call}")})
 
     async def set_router(self, name: str, router: Any = None, router_blob: bytes | None = None) -> None:
         async with self._lock:

@@ -23,6 +23,7 @@ from serveplane.exceptions import (
     InvalidConfigError,
 )
 from serveplane.records import EndpointInfo
+from serveplane.rollout import Rollout
 
 HTTP_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]+$")
@@ -42,11 +43,13 @@ class EndpointRecord(BaseModel):
     router_blob_hash: str | None = None
     batch_size: int | None = None
     batch_timeout_s: float = 0.0
+    rollout: Rollout | None = None  # the current or last rollout (one write with the traffic)
 
     def public(self) -> dict[str, Any]:
         return {"route": self.route, "methods": list(self.methods), "traffic": dict(self.traffic),
                 "shadows": dict(self.shadows), "router": self.router,
-                "batch_size": self.batch_size, "batch_timeout_s": self.batch_timeout_s}
+                "batch_size": self.batch_size, "batch_timeout_s": self.batch_timeout_s,
+                "rollout": self.rollout.state.value if self.rollout is not None else None}
 
     def info(self, router_blob: bytes | None) -> EndpointInfo:
         return EndpointInfo(name=self.name, route=self.route, methods=self.methods,

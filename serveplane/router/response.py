@@ -31,7 +31,7 @@ class Response:
     __slots__ = ("router", "args", "kwargs", "deps", "method_name", "session_id", "shard_key",
                  "timeout_s", "request_id", "backend", "replica", "ref", "attempts", "queued_under",
                  "shadows", "batch_index", "waiting", "done", "failure", "previous_ref",
-                 "previous_replica", "producers", "released", "watched", "__weakref__")
+                 "previous_replica", "producers", "released", "watched", "started", "__weakref__")
 
     def __init__(self, router: EndpointRouter, args: tuple, kwargs: dict, method_name: str,
                  session_id: str | None, shard_key: str | None, timeout_s: float) -> None:
@@ -44,6 +44,7 @@ class Response:
         self.shard_key = shard_key
         self.timeout_s = timeout_s
         self.request_id = router.next_request_id()
+        self.started = time.monotonic()  # the latency a caller sees is measured from here
         self.backend: str | None = None
         self.replica: ReplicaInfo | None = None
         self.ref: Any = None            # the current attempt's ref; None while (re-)routing

@@ -89,6 +89,7 @@ class EndpointRouter:
                  backoff: ReplicaBackoff | None = None) -> None:
         self.endpoint = endpoint
         self.router_id = f"{endpoint}:{uuid.uuid4().hex[:8]}"
+        self.started_at = time.time()  # wall clock: a rollout window counts a newer router whole
         self.controller_name = controller_name or getattr(source, "controller_name", None)
         self.namespace = namespace or getattr(source, "namespace", None)
         self.transport = transport
@@ -510,6 +511,7 @@ class EndpointRouter:
             request.done = True
             if request.replica is not None:
                 self._backoff.answered(request.replica.actor_name)
+                self.stats.outcomes.answered(request.replica.backend, time.monotonic() - request.started, True)
             self._release_locked(request)
 
     def on_failure(self, request: Response, error: BaseException, failed_ref: Any) -> BaseException | None:
@@ -533,6 +535,7 @@ class EndpointRouter:
                 request.done = True
                 if replica is not None:
                     self._backoff.answered(replica.actor_name)  # it ran the user's code
+                    self.stats.outcomes.answered(replica.backend, time.monotonic() - request.started, False)
                 self._release_locked(request)
                 return error
             assert replica is not None
@@ -559,6 +562,7 @@ class EndpointRouter:
                 if kind is Failure.DEPENDENCY_DIED:
                     request.failure = error
                 else:
+                    self.stats.outcomes.replica_failed(replica.backend)
                     what = "died" if kind is Failure.REPLICA_DIED else "became unreachable"
                     request.failure = ReplicaDiedError(
                         f"replica {replica.actor_name} {what} while running a request of endpoint "
@@ -709,6 +713,7 @@ class EndpointRouter:
             info = self._info
             return {
                 "endpoint": self.endpoint,
+                "started_at": self.started_at,
                 "traffic": dict(info.traffic) if info else {},
                 "shadow_traffic": dict(info.shadows) if info else {},
                 "policy": self._policy_key[0],
@@ -725,6 +730,7 @@ class EndpointRouter:
                 "sessions": len(self._sessions),
                 "back_pressure_rejections": self.stats.back_pressure_rejections,
                 "shadows": {b: s.as_dict() for b, s in self.stats.shadows.items()},
+                "backends": self.stats.outcomes.as_dict(),
                 **self._batcher.statistics(),
             }
 

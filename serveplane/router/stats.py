@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from serveplane.rollout.histogram import N_BUCKETS, bucket_of
+
 RATE_WINDOW_S = 5.0
 BATCH_SIZE_BUCKETS = 16  # bucket i counts sizes in [2**i, 2**(i+1)); the last one, the rest
 
@@ -79,6 +81,39 @@ class ShadowOutcome:
                 self.stats.agreed += 1
 
 
+class Outcomes:
+    """Per backend: answers, application errors, replica failures, and a latency histogram
+    (fixed log-spaced buckets, see rollout/histogram.py): cumulative counters, so the
+    controller gets any window by subtracting two reports and merges routers by adding."""
+
+    __slots__ = ("_by_backend",)
+
+    def __init__(self) -> None:
+        self._by_backend: dict[str, list[Any]] = {}
+
+    def _entry(self, backend: str) -> list[Any]:
+        entry = self._by_backend.get(backend)
+        if entry is None:
+            entry = self._by_backend[backend] = [0, 0, 0, [0] * N_BUCKETS]
+        return entry
+
+    def answered(self, backend: str, latency_s: float, ok: bool) -> None:
+        entry = self._entry(backend)
+        entry[0] += 1
+        if not ok:
+            entry[1] += 1
+        entry[3][bucket_of(latency_s)] += 1
+
+    def replica_failed(self, backend: str) -> None:
+        entry = self._entry(backend)
+        entry[0] += 1
+        entry[2] += 1
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        return {b: {"requests": e[0], "app_errors": e[1], "replica_failures": e[2], "latency": list(e[3])}
+                for b, e in self._by_backend.items()}
+
+
 @dataclass
 class RouterStats:
     """Counters; mutated under the router's lock (or racing harmlessly on one int)."""
@@ -88,6 +123,7 @@ class RouterStats:
     session_moves: int = 0
     back_pressure_rejections: int = 0
     shadows: dict[str, ShadowStats] = field(default_factory=dict)
+    outcomes: Outcomes = field(default_factory=Outcomes)
     _last_rate_at: float = 0.0
     _last_counts: dict[str, int] = field(default_factory=dict)
     _last_rates: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,153 @@
+"""Guards: what a canary must show before it may take more traffic, and what rolls it back.
+
+Pure: readings in, a verdict out. The rules:
+
+- **advance** only when the step's ``interval_s`` has passed, at least ``min_requests``
+  reached the canary in the step, and every guard holds on the step's own figures;
+- **breach** (roll back at once, mid-step) only when the figures say so with confidence,
+  never on a handful of samples:
+  - error rate: the lower end of the 95 % Wilson interval of failed/total exceeds
+    ``max_error_rate`` (so 1 failure in 20 requests does not roll back a 1 % guard, while 20
+    in 64 rolls back a 5 % one);
+  - latency: canary p99 / baseline p99 exceeds ``max_latency_ratio`` with at least
+    ``min(min_requests, 50)`` samples on each side (p99 from the routers' histograms);
+  - shadow agreement (shadow phase only): the upper end of the Wilson interval of
+    agreed/compared is below ``min_shadow_agreement``;
+- otherwise **wait**, saying why (too few requests, interval not over).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from serveplane.rollout.histogram import N_BUCKETS, quantile
+
+Z = 1.96  # 95 %
+LATENCY_MIN_SAMPLES = 50
+
+
+class Guards(BaseModel):
+    """The guard names of ``start_rollout(guards=...)``; any other name is refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_error_rate: float | None = Field(None, ge=0, le=1)
+    max_latency_ratio: float | None = Field(None, gt=0)
+    min_shadow_agreement: float | None = Field(None, ge=0, le=1)
+    min_requests: int = Field(100, ge=1)
+
+
+def wilson(successes: int, total: int) -> tuple[float, float]:
+    """The 95 % Wilson score interval of a proportion (0, 1 with no samples)."""
+    if total <= 0:
+        return 0.0, 1.0
+    p = successes / total
+    denominator = 1 + Z * Z / total
+    centre = (p + Z * Z / (2 * total)) / denominator
+    half = Z * math.sqrt(p * (1 - p) / total + Z * Z / (4 * total * total)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass
+class Window:
+    """What the routers saw for one backend (or a group) during one step."""
+
+    requests: int = 0
+    app_errors: int = 0
+    replica_failures: int = 0
+    latency: list[int] = field(default_factory=lambda: [0] * N_BUCKETS)
+
+    @property
+    def failures(self) -> int:
+        return self.app_errors + self.replica_failures
+
+    def add(self, other: Window) -> None:
+        self.requests += other.requests
+        self.app_errors += other.app_errors
+        self.replica_failures += other.replica_failures
+        for i, n in enumerate(other.latency):
+            self.latency[i] += n
+
+
+@dataclass
+class ShadowWindow:
+    compared: int = 0
+    agreed: int = 0
+    errors: int = 0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: Literal["advance", "wait", "breach"]
+    reason: str
+    readings: dict[str, Any]
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def evaluate(guards: Guards, canary: Window, baseline: Window, interval_over: bool) -> Verdict:
+    """The verdict on a live step (the canary takes a share of real traffic)."""
+    readings: dict[str, Any] = {"canary_requests": canary.requests,
+                                "canary_failures": canary.failures,
+                                "canary_app_errors": canary.app_errors,
+                                "canary_replica_failures": canary.replica_failures,
+                                "baseline_requests": baseline.requests}
+    error_rate = canary.failures / canary.requests if canary.requests else None
+    readings["error_rate"] = error_rate
+    if guards.max_error_rate is not None and error_rate is not None:
+        low, _ = wilson(canary.failures, canary.requests)
+        if low > guards.max_error_rate:
+            return Verdict("breach", f"canary error rate {_fmt(error_rate)} > max_error_rate "
+                           f"{_fmt(guards.max_error_rate)} over {canary.requests} requests", readings)
+    canary_p99, baseline_p99 = quantile(canary.latency, 0.99), quantile(baseline.latency, 0.99)
+    readings["canary_p99_s"], readings["baseline_p99_s"] = canary_p99, baseline_p99
+    ratio = canary_p99 / baseline_p99 if canary_p99 is not None and baseline_p99 else None
+    readings["latency_ratio"] = ratio
+    enough_latency = min(guards.min_requests, LATENCY_MIN_SAMPLES)
+    latency_known = (ratio is not None and sum(canary.latency) >= enough_latency
+                     and sum(baseline.latency) >= enough_latency)
+    if guards.max_latency_ratio is not None and latency_known and ratio is not None \
+            and ratio > guards.max_latency_ratio:
+        return Verdict("breach", f"canary p99 latency {_fmt(ratio)}x the baseline's > max_latency_ratio "
+                       f"{_fmt(guards.max_latency_ratio)} ({_fmt(canary_p99 or 0)}s vs "
+                       f"{_fmt(baseline_p99 or 0)}s)", readings)
+    if canary.requests < guards.min_requests:
+        return Verdict("wait", f"{canary.requests} of min_requests {guards.min_requests} requests "
+                       "reached the canary in this step", readings)
+    if guards.max_error_rate is not None and error_rate is not None and error_rate > guards.max_error_rate:
+        return Verdict("wait", f"canary error rate {_fmt(error_rate)} is above max_error_rate "
+                       f"{_fmt(guards.max_error_rate)}; not advancing", readings)
+    if guards.max_latency_ratio is not None and ratio is not None and ratio > guards.max_latency_ratio:
+        return Verdict("wait", f"canary latency ratio {_fmt(ratio)} is above max_latency_ratio "
+                       f"{_fmt(guards.max_latency_ratio)}; not advancing", readings)
+    if not interval_over:
+        return Verdict("wait", "guards hold; the step's interval_s has not passed", readings)
+    return Verdict("advance", "every guard holds", readings)
+
+
+def evaluate_shadow(guards: Guards, shadow: ShadowWindow, interval_over: bool) -> Verdict:
+    """The verdict on the shadow phase (the canary sees copies, answers are compared)."""
+    agreement = shadow.agreed / shadow.compared if shadow.compared else None
+    readings: dict[str, Any] = {"shadow_compared": shadow.compared, "shadow_agreed": shadow.agreed,
+                                "shadow_errors": shadow.errors, "shadow_agreement": agreement}
+    limit = guards.min_shadow_agreement
+    if limit is not None and agreement is not None:
+        _, high = wilson(shadow.agreed, shadow.compared)
+        if high < limit:
+            return Verdict("breach", f"shadow agreement {_fmt(agreement)} < min_shadow_agreement "
+                           f"{_fmt(limit)} over {shadow.compared} compared answers", readings)
+    if shadow.compared < guards.min_requests:
+        return Verdict("wait", f"{shadow.compared} of min_requests {guards.min_requests} shadow "
+                       "answers compared", readings)
+    if limit is not None and agreement is not None and agreement < limit:
+        return Verdict("wait", f"shadow agreement {_fmt(agreement)} is below min_shadow_agreement "
+                       f"{_fmt(limit)}; not advancing", readings)
+    if not interval_over:
+        return Verdict("wait", "guards hold; shadow_s has not passed", readings)
+    return Verdict("advance", "the shadow phase passed", readings)
