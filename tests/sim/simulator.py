@@ -75,6 +75,19 @@ class Model:
 
 
 @contextmanager
+def quiet_logs() -> Iterator[None]:
+    """The controller logs every injected fault; keep a run quiet, and restore the level
+    (later tests read the logs)."""
+    log = logging.getLogger("serveplane")
+    saved = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(saved)
+
+
+@contextmanager
 def seeded_ids(rng: random.Random) -> Iterator[None]:
     """Replica tags and goal ids from the seed, so that a run replays exactly."""
 
@@ -119,8 +132,7 @@ class Simulation:
             print(self.log[-1])
 
     def run(self) -> dict[str, int]:
-        logging.getLogger("serveplane").setLevel(logging.CRITICAL)
-        with seeded_ids(self.rng):
+        with quiet_logs(), seeded_ids(self.rng):
             try:
                 self.boot()
                 for i in range(self.steps):
