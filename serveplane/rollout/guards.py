@@ -9,8 +9,12 @@ Pure: readings in, a verdict out. The rules:
   - error rate: the lower end of the 95 % Wilson interval of failed/total exceeds
     ``max_error_rate`` (so 1 failure in 20 requests does not roll back a 1 % guard, while 20
     in 64 rolls back a 5 % one);
-  - latency: canary p99 / baseline p99 exceeds ``max_latency_ratio`` with at least
-    ``min(min_requests, 50)`` samples on each side (p99 from the routers' histograms);
+  - latency: the canary's p99 is above ``max_latency_ratio`` times the baseline's p99 with
+    confidence: the lower end of the Wilson interval of the share of canary requests slower
+    than that limit exceeds 1 % (one cold first call among 30 requests is not a slow
+    canary; most requests 3x slower are), with at least ``min(min_requests, 50)`` samples
+    on each side. A baseline p99 under ``latency_floor_s`` (5 ms) counts as that floor, so the
+    jitter of a sub-millisecond model never rolls back a canary just as fast;
   - shadow agreement (shadow phase only): the upper end of the Wilson interval of
     agreed/compared is below ``min_shadow_agreement``;
 - otherwise **wait**, saying why (too few requests, interval not over).
@@ -24,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serveplane.rollout.histogram import N_BUCKETS, quantile
+from serveplane.rollout.histogram import BOUNDS, N_BUCKETS, quantile
 
 Z = 1.96  # 95 %
 LATENCY_MIN_SAMPLES = 50
@@ -39,6 +43,7 @@ class Guards(BaseModel):
     max_latency_ratio: float | None = Field(None, gt=0)
     min_shadow_agreement: float | None = Field(None, ge=0, le=1)
     min_requests: int = Field(100, ge=1)
+    latency_floor_s: float = Field(0.005, ge=0)
 
 
 def wilson(successes: int, total: int) -> tuple[float, float]:
@@ -87,6 +92,14 @@ class Verdict:
     readings: dict[str, Any]
 
 
+def _slower_share_low(latency: list[int], limit_s: float) -> float:
+    """Lower end of the Wilson interval of the share of samples certainly slower than
+    ``limit_s`` (only buckets whose lower bound is at least the limit count)."""
+    total = sum(latency)
+    slower = sum(n for i, n in enumerate(latency) if i > 0 and BOUNDS[i - 1] >= limit_s)
+    return wilson(slower, total)[0]
+
+
 def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
@@ -107,13 +120,16 @@ def evaluate(guards: Guards, canary: Window, baseline: Window, interval_over: bo
                            f"{_fmt(guards.max_error_rate)} over {canary.requests} requests", readings)
     canary_p99, baseline_p99 = quantile(canary.latency, 0.99), quantile(baseline.latency, 0.99)
     readings["canary_p99_s"], readings["baseline_p99_s"] = canary_p99, baseline_p99
-    ratio = canary_p99 / baseline_p99 if canary_p99 is not None and baseline_p99 else None
+    ratio = (canary_p99 / max(baseline_p99, guards.latency_floor_s, 1e-9)
+             if canary_p99 is not None and baseline_p99 is not None else None)
     readings["latency_ratio"] = ratio
     enough_latency = min(guards.min_requests, LATENCY_MIN_SAMPLES)
     latency_known = (ratio is not None and sum(canary.latency) >= enough_latency
                      and sum(baseline.latency) >= enough_latency)
     if guards.max_latency_ratio is not None and latency_known and ratio is not None \
-            and ratio > guards.max_latency_ratio:
+            and ratio > guards.max_latency_ratio and baseline_p99 is not None \
+            and _slower_share_low(canary.latency, guards.max_latency_ratio
+                                  * max(baseline_p99, guards.latency_floor_s)) > 0.01:
         return Verdict("breach", f"canary p99 latency {_fmt(ratio)}x the baseline's > max_latency_ratio "
                        f"{_fmt(guards.max_latency_ratio)} ({_fmt(canary_p99 or 0)}s vs "
                        f"{_fmt(baseline_p99 or 0)}s)", readings)

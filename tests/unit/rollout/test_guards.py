@@ -94,3 +94,18 @@ def test_shadow_phase_never_advances_with_fewer_than_min_requests(compared, agre
 def test_guard_names_and_values_are_checked():
     with pytest.raises(ValueError):
         Guards(max_error_rate=1.5)
+
+
+def test_sub_floor_latencies_never_breach_but_real_slowness_does():
+    fast = evaluate(GUARDS, window(100, latency_s=0.003), window(600, latency_s=0.001), False)
+    assert fast.kind != "breach"  # 3 ms against 1 ms: within the 5 ms floor
+    slow = evaluate(GUARDS, window(100, latency_s=0.06), window(600, latency_s=0.001), False)
+    assert slow.kind == "breach"
+
+
+def test_one_cold_outlier_is_not_a_slow_canary():
+    canary = window(30, latency_s=0.002)
+    canary.latency[bucket_of(0.04)] += 1  # its first, cold call
+    canary.requests += 1
+    verdict = evaluate(GUARDS, canary, window(600, latency_s=0.01), interval_over=False)
+    assert verdict.kind != "breach", verdict.reason
