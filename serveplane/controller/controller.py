@@ -311,7 +311,7 @@ class ServeController:
 
     async def get_metrics(self, timeout_s: float = 2.0) -> dict[str, Any]:
         """Service, replica and shadow figures (replica calls happen outside the lock)."""
-        from serveplane.metrics import summarize
+        from serveplane.metrics import merge_router_reports, summarize
 
         now = time.monotonic()
         targets = [(s.tag, info) for s in self._backends for info in s.serving_infos()]
@@ -327,30 +327,17 @@ class ServeController:
         results = await asyncio.gather(*(one(info) for _, info in targets))
         replicas = {info.actor_name: dict(data, backend=tag, max_concurrent_queries=mcq.get(tag, 1))
                     for (tag, info), data in zip(targets, results)}
-        fresh = [stats for at, stats in self._router_stats.values() if now - at <= 10.0]
-        sessions = sum(int(s.get("sessions", 0)) for s in fresh)
-        shadows: dict[str, dict[str, Any]] = {}
-        for stats in fresh:
-            for backend, sh in stats.get("shadows", {}).items():
-                acc = shadows.setdefault(backend, {"count": 0, "errors": 0, "dropped": 0, "compared": 0,
-                                                   "_agreed": 0.0, "_lat": 0.0, "_done": 0})
-                acc["count"] += sh["count"]
-                acc["errors"] += sh["errors"]
-                acc["dropped"] += sh.get("dropped", 0)
-                acc["compared"] += sh.get("compared", 0)
-                acc["_agreed"] += (sh["agreement"] or 0.0) * sh.get("compared", 0)
-                done = max(0, sh["count"] - sh.get("dropped", 0))
-                acc["_lat"] += sh["avg_latency_s"] * done
-                acc["_done"] += done
-        for acc in shadows.values():
-            acc["agreement"] = acc.pop("_agreed") / acc["compared"] if acc["compared"] else None
-            done = acc.pop("_done")
-            acc["avg_latency_s"] = acc.pop("_lat") / done if done else 0.0
+        merged = merge_router_reports(stats for at, stats in self._router_stats.values() if now - at <= 10.0)
         queued = {tag: self._autoscaler.aggregate(tag, now)["queued"] for tag in mcq}
-        summary = summarize(replicas, queued, shadows, sessions,
+        summary = summarize(replicas, queued, merged["shadows"], merged["sessions"],
                             [e.as_dict() for e in self._autoscaler.events])
         summary["endpoints"] = {n: sorted(set(r.traffic) | set(r.shadows))
                                 for n, r in self._endpoints.records().items()}
+        summary["requests"] = merged["requests"]
+        summary["rollouts"] = {n: self._rollout_view(n) for n, r in self._endpoints.records().items()
+                               if r.rollout is not None}
+        summary["rollbacks"] = [{"endpoint": ep, "reason": reason, "count": n}
+                                for (ep, reason), n in sorted(self.rollbacks.items())]
         return summary
 
     async def report_replica_failure(self, backend: str, actor_name: str) -> bool:

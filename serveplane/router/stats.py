@@ -94,7 +94,7 @@ class Outcomes:
     def _entry(self, backend: str) -> list[Any]:
         entry = self._by_backend.get(backend)
         if entry is None:
-            entry = self._by_backend[backend] = [0, 0, 0, [0] * N_BUCKETS]
+            entry = self._by_backend[backend] = [0, 0, 0, [0] * N_BUCKETS, 0.0]
         return entry
 
     def answered(self, backend: str, latency_s: float, ok: bool) -> None:
@@ -103,6 +103,7 @@ class Outcomes:
         if not ok:
             entry[1] += 1
         entry[3][bucket_of(latency_s)] += 1
+        entry[4] += latency_s
 
     def replica_failed(self, backend: str) -> None:
         entry = self._entry(backend)
@@ -110,8 +111,8 @@ class Outcomes:
         entry[2] += 1
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
-        return {b: {"requests": e[0], "app_errors": e[1], "replica_failures": e[2], "latency": list(e[3])}
-                for b, e in self._by_backend.items()}
+        return {b: {"requests": e[0], "app_errors": e[1], "replica_failures": e[2], "latency": list(e[3]),
+                    "latency_sum_s": e[4]} for b, e in self._by_backend.items()}
 
 
 @dataclass

@@ -89,6 +89,12 @@ def test_metrics_endpoint_and_bad_http_options(http_instance):
     for _ in range(5):
         httpx.get(f"{base}/model")
     text = httpx.get(f"{base}/-/metrics").text
-    assert "serveplane_replica_total_requests" in text and 'endpoint="model"' in text
+    assert "serveplane_replica_requests_total" in text and 'endpoint="model"' in text
+    deadline = time.monotonic() + 15  # the proxy's router reports twice a second at most
+    while 'serveplane_requests_total{backend="m",endpoint="model"} 5.0' not in text:
+        assert time.monotonic() < deadline, text[-2000:]
+        time.sleep(0.1)
+        text = httpx.get(f"{base}/-/metrics").text
+    assert 'serveplane_request_latency_seconds_bucket{backend="m",endpoint="model",le="+Inf"} 5.0' in text
     with pytest.raises(serveplane.InvalidConfigError, match="location"):
         serveplane.start(namespace="x", http_options={"location": "Everywhere"})

@@ -32,8 +32,36 @@ def test_summary_figures():
 
 def test_prometheus_exposition_is_well_formed():
     text = render_prometheus(sample(), {"a": ["ep"]})
-    assert 'serveplane_replica_total_requests{endpoint="ep",backend="a",replica="serveplane:a#1"} 10.0' in text
+    assert 'serveplane_replica_requests_total{backend="a",endpoint="ep",replica="serveplane:a#1"} 10.0' in text
     assert 'serveplane_shadow_agreement{backend="b"} 0.75' in text
     sample_line = re.compile(r'^[a-z_]+(\{[^}]*\})? -?[0-9.e+-]+$')
     for line in text.strip().splitlines():
         assert line.startswith("# HELP ") or line.startswith("# TYPE ") or sample_line.match(line), line
+
+
+def test_request_histograms_and_rollouts_parse_as_prometheus():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from serveplane.rollout.histogram import N_BUCKETS, bucket_of
+
+    summary = sample()
+    latency = [0] * N_BUCKETS
+    latency[bucket_of(0.002)] = 90
+    latency[bucket_of(0.2)] = 10
+    summary["requests"] = {"ep": {"a": {"requests": 100, "app_errors": 3, "replica_failures": 1,
+                                        "latency": latency, "latency_sum_s": 2.18}}}
+    summary["rollouts"] = {"ep": {"backend": "b", "state": "running", "step": 1, "weight": 0.25,
+                                  "readings": {"error_rate": 0.01, "latency_ratio": 1.2}}}
+    summary["rollbacks"] = [{"endpoint": "ep", "reason": "canary error rate 0.3", "count": 2}]
+    families = {f.name: f for f in text_string_to_metric_families(render_prometheus(summary, {"a": ["ep"]}))}
+    buckets = {s.labels["le"]: s.value for s in families["serveplane_request_latency_seconds"].samples
+               if s.name.endswith("_bucket")}
+    assert buckets["+Inf"] == 100 and buckets["0.0005"] == 0
+    assert min(v for le, v in buckets.items() if le != "+Inf" and float(le) >= 0.2) == 100
+    errors = {s.labels["kind"]: s.value for s in families["serveplane_request_errors"].samples}
+    assert errors == {"application": 3, "replica": 1}
+    weight = families["serveplane_rollout_weight"].samples[0]
+    assert (weight.labels["endpoint"], weight.labels["state"], weight.value) == ("ep", "running", 0.25)
+    readings = {s.labels["reading"]: s.value for s in families["serveplane_rollout_reading"].samples}
+    assert readings == {"error_rate": 0.01, "latency_ratio": 1.2}
+    assert families["serveplane_rollout_rollbacks"].samples[0].value == 2
