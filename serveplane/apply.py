@@ -90,8 +90,16 @@ def plan(client: Client, config: DeployConfig, base_dir: Path) -> list[Change]:
         if cur is None:
             changes.append(_change("+", "endpoint", ep.name, f"{ep.route or '(no route)'} -> "
                                   + json.dumps(traffic, sort_keys=True), _create_endpoint(client, ep, traffic)))
+            if ep.rollout is not None:
+                changes.append(_rollout_change(client, ep))
             continue
-        if cur["traffic"] != traffic:
+        rollout = client.get_rollout(ep.name) if cur.get("rollout") else None
+        if ep.rollout is not None and _rollout_wanted(ep, rollout, cur):
+            changes.append(_rollout_change(client, ep))
+        if rollout is not None and rollout["state"] in ("shadowing", "running", "paused") \
+                or ep.rollout is not None:
+            pass  # the rollout owns the traffic: the file's traffic is its source
+        elif cur["traffic"] != traffic:
             changes.append(_change("~", "endpoint", ep.name, "traffic " + json.dumps(traffic, sort_keys=True),
                                   partial(client.set_traffic, ep.name, traffic)))
         for backend in sorted(set(cur["shadows"]) | set(ep.shadows)):
@@ -137,6 +145,28 @@ def _create_endpoint(client: Client, spec: EndpointSpec, traffic: dict[str, floa
         for backend, proportion in spec.shadows.items():
             client.shadow_traffic(spec.name, backend, proportion)
     return run
+
+
+def _rollout_wanted(ep: EndpointSpec, rollout: dict[str, Any] | None, cur: dict[str, Any]) -> bool:
+    """Start the file's rollout unless one of that canary is under way, already done, or
+    ended in a roll-back (re-applying the same file must not retry a canary that failed)."""
+    assert ep.rollout is not None
+    if cur["traffic"] == {ep.rollout.backend: 1.0}:
+        return False
+    if rollout is None or rollout["backend"] != ep.rollout.backend:
+        return rollout is None or rollout["state"] not in ("shadowing", "running", "paused")
+    return False
+
+
+def _rollout_change(client: Client, ep: EndpointSpec) -> Change:
+    spec = ep.rollout
+    assert spec is not None
+    detail = (f"rollout {spec.backend} steps {spec.steps} every {spec.interval_s:g}s"
+              + (f" after {spec.shadow_s:g}s of shadowing" if spec.shadow_s else "")
+              + (f" guards {json.dumps(spec.guards, sort_keys=True)}" if spec.guards else ""))
+    return _change("~", "endpoint", ep.name, detail, partial(
+        client.start_rollout, ep.name, spec.backend, spec.steps, spec.interval_s, spec.guards or None,
+        spec.shadow_s))
 
 
 def apply(client: Client, config: DeployConfig, base_dir: Path, dry_run: bool = False,

@@ -1,4 +1,4 @@
-"""``serveplane run|apply|status|traffic|shadow|shutdown``."""
+"""``serveplane run|apply|status|traffic|shadow|rollout|shutdown``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from serveplane.cli_rollout import add_rollout_commands, rollout_lines
 from serveplane.exceptions import ServeplaneError
 
 ADDRESS_FILE = Path(os.environ.get("SERVEPLANE_STATE_DIR", "/tmp/serveplane-cli")) / "ray_address"
@@ -57,6 +58,8 @@ def status_table(client: Any) -> str:
         traffic = " ".join(f"{b}={w:g}" for b, w in sorted(e["traffic"].items()))
         shadows = " ".join(f"{b}={p:g}" for b, p in sorted(e["shadows"].items())) or "-"
         lines.append(f"{name:<16}{(e['route'] or '-'):<17}{traffic:<32}{shadows}")
+    rollouts = {n: client.get_rollout(n) for n, e in status["endpoints"].items() if e.get("rollout")}
+    lines += rollout_lines(status, rollouts)
     return "\n".join(lines)
 
 
@@ -187,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     sh.set_defaults(func=cmd_shadow)
     sd = sub.add_parser("shutdown", help="stop every replica, the proxy and the controller")
     sd.set_defaults(func=cmd_shutdown)
+    add_rollout_commands(sub, _client)
     return parser
 
 

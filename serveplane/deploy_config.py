@@ -35,6 +35,18 @@ class BackendSpec(BaseModel):
         return v
 
 
+class RolloutSpec(BaseModel):
+    """``rollout:`` under an endpoint: ``apply`` starts it (see README, "Progressive rollouts")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: str
+    steps: list[float]
+    interval_s: float = 60.0
+    guards: dict[str, Any] = Field(default_factory=dict)
+    shadow_s: float = 0.0
+
+
 class EndpointSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -47,6 +59,7 @@ class EndpointSpec(BaseModel):
     router: str = "round_robin"
     batch_size: int | None = None
     batch_timeout_s: float = 0.0
+    rollout: RolloutSpec | None = None
 
     def initial_backend(self) -> str:
         if self.backend:
@@ -114,7 +127,8 @@ def load_config(path: str | Path) -> DeployConfig:
     if duplicates:
         raise InvalidConfigError(f"{path}: backend name(s) {', '.join(duplicates)} appear more than once")
     for i, ep in enumerate(config.endpoints):
-        used = set(ep.traffic or {}) | set(ep.shadows) | ({ep.backend} if ep.backend else set())
+        used = (set(ep.traffic or {}) | set(ep.shadows) | ({ep.backend} if ep.backend else set())
+                | ({ep.rollout.backend} if ep.rollout else set()))
         unknown = sorted(used - set(names))
         if unknown:
             line = _line_of(node, ("endpoints", i))

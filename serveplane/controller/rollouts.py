@@ -171,6 +171,7 @@ class RolloutDriver:
             if (before is None or before.step != rollout.step or before.state != rollout.state
                     or (window is not None and window.restarted)):
                 self.open_window(record.name)
+                self.verdicts.pop(record.name, None)  # it judged the last step, not this one
             if rollout.state in FINAL:
                 self._windows.pop(record.name, None)
                 self._event(record.name).set()

@@ -5,10 +5,12 @@ Pure: readings in, a verdict out. The rules:
 - **advance** only when the step's ``interval_s`` has passed, at least ``min_requests``
   reached the canary in the step, and every guard holds on the step's own figures;
 - **breach** (roll back at once, mid-step) only when the figures say so with confidence,
-  never on a handful of samples:
-  - error rate: the lower end of the 95 % Wilson interval of failed/total exceeds
-    ``max_error_rate`` (so 1 failure in 20 requests does not roll back a 1 % guard, while 20
-    in 64 rolls back a 5 % one);
+  never on a handful of samples: at least ``min(min_requests, 10)`` samples, and 99 %
+  Wilson intervals (the guards are looked at after every report, so each look must be
+  strict for the whole step to rarely roll back a good canary):
+  - error rate: the lower end of the interval of failed/total exceeds ``max_error_rate``
+    (so 1 failure in 20 requests does not roll back a 1 % guard, while 20 in 64 rolls back a
+    5 % one);
   - latency: the canary's p99 is above ``max_latency_ratio`` times the baseline's p99 with
     confidence: the lower end of the Wilson interval of the share of canary requests slower
     than that limit exceeds 1 % (one cold first call among 30 requests is not a slow
@@ -30,8 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serveplane.rollout.histogram import BOUNDS, N_BUCKETS, quantile
 
-Z = 1.96  # 95 %
+Z = 2.576  # 99 %
 LATENCY_MIN_SAMPLES = 50
+BREACH_MIN_SAMPLES = 10
 
 
 class Guards(BaseModel):
@@ -47,7 +50,7 @@ class Guards(BaseModel):
 
 
 def wilson(successes: int, total: int) -> tuple[float, float]:
-    """The 95 % Wilson score interval of a proportion (0, 1 with no samples)."""
+    """The 99 % Wilson score interval of a proportion (0, 1 with no samples)."""
     if total <= 0:
         return 0.0, 1.0
     p = successes / total
@@ -113,7 +116,8 @@ def evaluate(guards: Guards, canary: Window, baseline: Window, interval_over: bo
                                 "baseline_requests": baseline.requests}
     error_rate = canary.failures / canary.requests if canary.requests else None
     readings["error_rate"] = error_rate
-    if guards.max_error_rate is not None and error_rate is not None:
+    enough = canary.requests >= min(guards.min_requests, BREACH_MIN_SAMPLES)
+    if guards.max_error_rate is not None and error_rate is not None and enough:
         low, _ = wilson(canary.failures, canary.requests)
         if low > guards.max_error_rate:
             return Verdict("breach", f"canary error rate {_fmt(error_rate)} > max_error_rate "
@@ -153,7 +157,8 @@ def evaluate_shadow(guards: Guards, shadow: ShadowWindow, interval_over: bool) -
     readings: dict[str, Any] = {"shadow_compared": shadow.compared, "shadow_agreed": shadow.agreed,
                                 "shadow_errors": shadow.errors, "shadow_agreement": agreement}
     limit = guards.min_shadow_agreement
-    if limit is not None and agreement is not None:
+    if limit is not None and agreement is not None and \
+            shadow.compared >= min(guards.min_requests, BREACH_MIN_SAMPLES):
         _, high = wilson(shadow.agreed, shadow.compared)
         if high < limit:
             return Verdict("breach", f"shadow agreement {_fmt(agreement)} < min_shadow_agreement "

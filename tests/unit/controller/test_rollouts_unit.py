@@ -234,3 +234,14 @@ def test_bad_arguments_and_one_rollout_per_endpoint(setup):
     run(ctrl.start_rollout("ep", "v2", [0.5, 1.0], 10, GUARDS))
     with pytest.raises(DuplicateError, match="one rollout per endpoint"):
         run(ctrl.start_rollout("ep", "v2", [0.5, 1.0], 10, GUARDS))
+
+
+def test_a_new_rollout_never_shows_the_last_ones_verdict(setup):
+    ctrl, wall, _ = setup
+    run(ctrl.start_rollout("ep", "v2", [0.1, 1.0], 10, GUARDS))
+    traffic = Traffic(ctrl)
+    traffic.send("v2", 30)
+    assert "30 of min_requests" in tick(ctrl, wall, 1)["reason"]
+    run(ctrl.abort_rollout("ep"))
+    rollout = run(ctrl.start_rollout("ep", "v2", [0.1, 1.0], 10, GUARDS))
+    assert "readings" not in rollout and "30 of" not in rollout["reason"]

@@ -22,7 +22,7 @@ GUARDS = Guards(max_error_rate=0.05, max_latency_ratio=1.5, min_requests=200)
 
 def test_wilson_interval_brackets_the_proportion():
     low, high = wilson(20, 64)
-    assert low < 20 / 64 < high and 0.2 < low
+    assert low < 20 / 64 < high and 0.15 < low  # 99 % interval
     assert wilson(0, 0) == (0.0, 1.0)
 
 
@@ -109,3 +109,8 @@ def test_one_cold_outlier_is_not_a_slow_canary():
     canary.requests += 1
     verdict = evaluate(GUARDS, canary, window(600, latency_s=0.01), interval_over=False)
     assert verdict.kind != "breach", verdict.reason
+
+
+def test_no_breach_on_fewer_than_ten_samples_however_bad():
+    assert evaluate(GUARDS, window(2, failures=1), window(600), False).kind == "wait"
+    assert evaluate(GUARDS, window(12, failures=6), window(600), False).kind == "breach"
