@@ -167,6 +167,28 @@ class Serveplane(System):
             ray.kill(r.actor_handle)
 
 
+class _NoOutcomes:
+    """Stands in for the router's per-request outcome figures (rollout guards, latency
+    histograms), to measure what recording them costs."""
+
+    def answered(self, *args: Any) -> None:
+        pass
+
+    def replica_failed(self, *args: Any) -> None:
+        pass
+
+    def as_dict(self) -> dict[str, Any]:
+        return {}
+
+
+class ServeplaneNoOutcomes(Serveplane):
+    name = "serveplane handle, outcome figures off"
+
+    def __init__(self, replicas: int, use_controller: bool) -> None:
+        super().__init__(replicas, use_controller)
+        self.handle.router.stats.outcomes = _NoOutcomes()
+
+
 class RayServe(System):
     name = "Ray Serve handle"
 
@@ -248,6 +270,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds")
     parser.add_argument("--controller", action="store_true",
                         help="serveplane via serveplane.start and client.get_handle")
+    parser.add_argument("--outcomes-cost", action="store_true",
+                        help="add a row with the router's outcome figures switched off")
     args = parser.parse_args()
     ray.init(address="local", num_cpus=8, include_dashboard=False, logging_level="ERROR")
     try:
@@ -262,6 +286,8 @@ def main() -> None:
     for replicas in (1, 2):
         systems: list[System] = [Raw(replicas), ReplicaDirect(replicas),
                                  Serveplane(replicas, args.controller)]
+        if args.outcomes_cost:
+            systems.append(ServeplaneNoOutcomes(replicas, args.controller))
         if have_serve:
             systems.append(RayServe(replicas))
         lat = latencies(systems, args.latency_calls)

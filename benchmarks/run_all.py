@@ -16,7 +16,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = [
-    ("Handle latency and throughput (raw Ray actor vs serveplane vs Ray Serve)", "handle.py", []),
+    ("Handle latency and throughput (raw Ray actor vs serveplane vs Ray Serve)", "handle.py",
+     ["--outcomes-cost"]),
+    ("Rollouts: guard breach to traffic restored", "rollout.py", []),
     ("HTTP proxy (serveplane vs Ray Serve, same backend, loopback load)", "http_proxy.py", []),
     ("Batching throughput", "batching.py", []),
     ("Control-plane latency (goals, recovery)", "control_plane.py", ["--repeats", "3"]),
