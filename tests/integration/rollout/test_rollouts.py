@@ -158,3 +158,29 @@ def test_pause_resume_abort_through_the_client(serve_instance):
     rollout = client.abort_rollout("model")
     assert rollout["state"] == "aborted"
     assert client.list_endpoints()["model"]["traffic"] == {"v1": 1.0}
+
+
+def test_a_redis_outage_during_a_step_neither_advances_nor_loses_the_rollout(ray_session, redis_server):
+    import uuid
+
+    import serveplane
+
+    ns = f"t-{uuid.uuid4().hex[:8]}"
+    client = serveplane.start(kv_store=redis_server.url, namespace=ns)
+    try:
+        handle = deploy(client)
+        with Load(handle):
+            client.start_rollout("model", "v2", steps=[0.2, 0.6, 1.0], interval_s=1, guards=GUARDS)
+            redis_server.stop()
+            stopped = time.monotonic()
+            while time.monotonic() - stopped < 4:  # several intervals' worth of good traffic
+                rollout = client.get_rollout("model")
+                assert (rollout["state"], rollout["step"]) == ("running", 0), rollout["history"][-1]
+                time.sleep(0.1)
+            redis_server.start()
+            rollout = client.wait_for_rollout("model", timeout_s=120)
+        assert rollout["state"] == "succeeded", rollout["reason"]
+        steps = [h["step"] for h in rollout["history"] if h["decision"].startswith("advanced")]
+        assert steps == [1, 2], "every step was taken once, none skipped"
+    finally:
+        client.shutdown()
