@@ -78,6 +78,7 @@ class RolloutDriver:
         self._wall = wall_clock
         self._on_rollback = on_rollback
         self._windows: dict[str, _StepWindow] = {}
+        self._active: set[str] = set()  # endpoints whose rollout is shadowing or running
         self.verdicts: dict[str, Verdict] = {}
         self._finished: dict[str, asyncio.Event] = {}
 
@@ -87,6 +88,7 @@ class RolloutDriver:
         for name, record in self._endpoints.records().items():
             if record.rollout is not None and record.rollout.active:
                 self._windows[name] = _StepWindow(self._wall(), restarted=True)
+                self._active.add(name)
 
     def open_window(self, name: str) -> None:
         now = time.monotonic()
@@ -139,9 +141,11 @@ class RolloutDriver:
                 raise self._persistence.stale
             moved: dict[str, EndpointRecord] = {}
             now = self._wall()
-            for name, record in self._endpoints.records().items():
-                rollout = record.rollout
-                if rollout is None or not rollout.active:
+            for name in sorted(self._active):
+                record = self._endpoints.get(name) if self._endpoints.exists(name) else None
+                rollout = record.rollout if record is not None else None
+                if record is None or rollout is None or not rollout.active:
+                    self._active.discard(name)
                     continue
                 window = self._windows.get(name)
                 if window is not None and window.restarted:
@@ -166,6 +170,10 @@ class RolloutDriver:
         before = self._endpoints.get(record.name).rollout if self._endpoints.exists(record.name) else None
         self._endpoints.put(record)
         rollout = record.rollout
+        if rollout is not None and rollout.active:
+            self._active.add(record.name)
+        else:
+            self._active.discard(record.name)
         if rollout is not None:
             window = self._windows.get(record.name)
             if (before is None or before.step != rollout.step or before.state != rollout.state
