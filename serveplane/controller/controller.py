@@ -525,11 +525,14 @@ class ServeController:
             return goal.id
 
     def _rollouts_aborted_by_deleting(self, tag: str) -> dict[str, EndpointRecord]:
-        """Endpoint records whose unfinished rollout of canary ``tag`` deleting it aborts."""
+        """Endpoint records whose unfinished rollout of canary ``tag`` deleting it aborts:
+        only while the rollout owns the traffic (once the operator set it by hand, their
+        traffic stands, and deleting a backend it uses is refused as usual)."""
         out = {}
         for name, record in self._endpoints.records().items():
             rollout = record.rollout
-            if rollout is not None and rollout.backend == tag and rollout.state not in FINAL:
+            if rollout is not None and rollout.backend == tag and rollout.state not in FINAL \
+                    and not rollout.operator_override:
                 out[name] = with_rollout(record, rollout.abort(
                     self._wall(), f"its canary backend {tag!r} was deleted"))
         return out
@@ -664,9 +667,9 @@ class ServeController:
     def _operator_wins(self, record: EndpointRecord, call: str) -> EndpointRecord:
         """A manual traffic change pauses the endpoint's active rollout, in the same write."""
         rollout = record.rollout
-        if rollout is None or not rollout.active:
+        if rollout is None or rollout.state in FINAL:
             return record
-        return record.model_copy(update={"rollout": rollout.pause(
+        return record.model_copy(update={"rollout": rollout.overridden(
             self._wall(), f"the operator changed the traffic by hand: {call}")})
 
     async def set_router(self, name: str, router: Any = None, router_blob: bytes | None = None) -> None:

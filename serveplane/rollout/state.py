@@ -67,6 +67,7 @@ class Rollout(BaseModel):
     history: tuple[HistoryEntry, ...] = ()
     step_started_at: float = 0.0        # wall clock
     resume_to: RolloutState | None = None
+    operator_override: bool = False     # paused, and the operator set the traffic by hand
 
     @property
     def weight(self) -> float:
@@ -136,19 +137,30 @@ class Rollout(BaseModel):
         return self._to(now, f"paused: {why}", state=RolloutState.PAUSED, resume_to=self.state,
                         reason=why)
 
+    def overridden(self, now: float, why: str) -> Rollout:
+        """The operator changed the endpoint's traffic by hand: an active rollout pauses, and
+        from now on their traffic stands until they resume or abort the rollout."""
+        if self.active:
+            paused = self.pause(now, why)
+        elif self.state is RolloutState.PAUSED and not self.operator_override:
+            paused = self._to(now, f"traffic changed by hand while paused: {why}", reason=why)
+        else:
+            return self
+        return paused.model_copy(update={"operator_override": True})
+
     def resume(self, now: float) -> Rollout:
         if self.state is not RolloutState.PAUSED or self.resume_to is None:
             raise InvalidConfigError(f"the rollout on endpoint {self.endpoint!r} is {self.state.value}; "
                                      "only a paused rollout can be resumed")
         return self._to(now, "resumed: the step's window starts again", state=self.resume_to,
-                        resume_to=None, step_started_at=now, reason="")
+                        resume_to=None, step_started_at=now, reason="", operator_override=False)
 
     def abort(self, now: float, why: str) -> Rollout:
         if self.state in FINAL:
             raise InvalidConfigError(f"the rollout on endpoint {self.endpoint!r} already ended "
                                      f"({self.state.value}); nothing to abort")
         return self._to(now, f"aborted: {why}; the source traffic is restored",
-                        state=RolloutState.ABORTED, resume_to=None, reason=why)
+                        state=RolloutState.ABORTED, resume_to=None, reason=why, operator_override=False)
 
     def note(self, now: float, decision: str) -> Rollout:
         """A history entry that changes nothing else (e.g. a controller restart)."""

@@ -46,6 +46,8 @@ from serveplane.controller.persistence import inline_runner
 from serveplane.exceptions import KVStoreUnavailableError, ServeplaneError, StaleEpochError
 from serveplane.kv_store import MemoryKVStore, RecordStore
 from serveplane.records import keys
+from serveplane.rollout import Rollout, RolloutState
+from serveplane.rollout.histogram import N_BUCKETS, bucket_of
 from tests.sim.world import (
     FakeClock,
     FaultyStore,
@@ -122,6 +124,8 @@ class Simulation:
         self.zombies: list[ServeController] = []
         self.claims: list[tuple[float, int]] = []  # (time, epoch) of every controller start
         self.log: list[str] = []
+        self.routers: dict[str, dict[str, Any]] = {}  # one simulated router per endpoint
+        self.bad_canary: dict[tuple[str, str], bool] = {}  # (endpoint, canary) -> it fails
         self.stats = {"calls": 0, "refused": 0, "unavailable": 0, "crashes": 0, "zombies": 0,
                       "kills": 0, "ticks": 0, "goals": 0}
 
@@ -160,7 +164,7 @@ class Simulation:
                     self.store.url, NAMESPACE,
                     wrapper_factory=lambda b, t, o=owner: SimReplicaWrapper(self.world, o, b, t),
                     run_loop=False, run_io=inline_runner, run_ray=inline_runner, clock=self.clock,
-                    store=self.store, actors=SimActorDirectory(self.world, owner))
+                    store=self.store, actors=SimActorDirectory(self.world, owner), wall_clock=self.clock)
             except SimulatedCrash:
                 self.stats["crashes"] += 1
                 continue
@@ -205,6 +209,9 @@ class Simulation:
             except (SimulatedCrash, KVStoreUnavailableError):
                 self.zombies.remove(zombie)
         assert self.ctrl is not None
+        for ep, record in self.ctrl._endpoints.records().items():  # live traffic during rollouts
+            if record.rollout is not None and record.rollout.active:
+                self.router_report(ep, bad=self.bad_canary.get((ep, record.rollout.backend), False))
         before = self.goal_states()
         try:
             self.run_on(self.ctrl, self.ctrl.control_step(self.clock.now))
@@ -221,7 +228,7 @@ class Simulation:
         r = self.rng
         kind = r.choice(("create_backend", "create_backend", "update_config", "update_code",
                          "delete_backend", "create_endpoint", "set_traffic", "shadow",
-                         "delete_endpoint", "wait_unknown"))
+                         "delete_endpoint", "wait_unknown", "rollout", "rollout", "move_rollout"))
         tag, other = r.choice(BACKENDS), r.choice(BACKENDS)
         ep = r.choice(ENDPOINTS)
         if kind == "create_backend":
@@ -252,13 +259,25 @@ class Simulation:
             traffic = {tag: 1.0} if tag == other or w == 1.0 else {tag: w, other: round(1 - w, 6)}
             if r.random() < 0.1:
                 traffic = {tag: 0.7}  # invalid: does not sum to 1
-            self.call("set_traffic", (ep, traffic),
-                      lambda res: self.model.endpoints[ep].update(traffic=traffic))
+            def traffic_set(res: Any) -> None:
+                expected = self.model.endpoints[ep]
+                if expected.pop("owned", False):  # the operator takes over from the rollout
+                    expected["shadows"] = dict(self.stored()[f"endpoint/{ep}"]["shadows"])
+                expected["traffic"] = traffic
+
+            self.call("set_traffic", (ep, traffic), traffic_set)
         elif kind == "shadow":
             p = r.choice((0.0, 0.5, 1.0))
 
             def shadowed(res: Any) -> None:
-                shadows = self.model.endpoints[ep]["shadows"]
+                expected = self.model.endpoints[ep]
+                if expected.pop("owned", False):  # the operator takes over from the rollout
+                    record = self.stored()[f"endpoint/{ep}"]
+                    expected["traffic"], expected["shadows"] = dict(record["traffic"]), dict(record["shadows"])
+                    if expected["shadows"].get(tag, 0.0) != p:
+                        raise Violation(f"shadow_traffic({ep}, {tag}, {p}) returned but is not stored")
+                    return
+                shadows = expected["shadows"]
                 if p == 0.0:
                     shadows.pop(tag, None)
                 else:
@@ -267,6 +286,17 @@ class Simulation:
             self.call("shadow_traffic", (ep, tag, p), shadowed)
         elif kind == "delete_endpoint":
             self.call("delete_endpoint", (ep,), lambda res: self.model.endpoints.pop(ep, None))
+        elif kind == "rollout":
+            steps = sorted(r.sample((0.1, 0.25, 0.5, 1.0), r.randint(1, 3)))
+            guards = {"max_error_rate": 0.1, "min_requests": r.choice((5, 20))}
+            if r.random() < 0.1:
+                guards = {"max_errors": 1}  # invalid: an unknown guard
+            self.bad_canary[(ep, tag)] = r.random() < 0.3
+            self.call("start_rollout", (ep, tag, steps, r.choice((0.5, 2.0)), guards, r.choice((0.0, 0.0, 1.0))),
+                      lambda res: self.model.endpoints[ep].update(owned=True))
+        elif kind == "move_rollout":
+            move = r.choice(("pause_rollout", "resume_rollout", "abort_rollout"))
+            self.call(move, (ep,), lambda res: self.model.endpoints[ep].update(owned=True))
         else:
             assert self.ctrl is not None
             try:
@@ -304,7 +334,7 @@ class Simulation:
     def fault(self) -> None:
         r, w = self.rng, self.world
         kind = r.choice(("outage", "fail_write", "crash", "crash", "kill", "kill", "start_fail",
-                         "slow", "hang", "unavailable", "zombie", "report"))
+                         "slow", "hang", "unavailable", "zombie", "report", "traffic", "traffic"))
         now = self.clock.now
         alive = w.alive()
         if kind == "outage":
@@ -342,11 +372,37 @@ class Simulation:
                 self.zombies.append(old)
                 self.stats["zombies"] += 1
                 self.note(f"epoch {old._epoch} lives on as a zombie")
+        elif kind == "traffic" and self.ctrl is not None:
+            self.router_report(r.choice(ENDPOINTS), bad=r.random() < 0.3)
         elif kind == "report" and self.ctrl is not None:
             dead = [a for a in w.actors.values() if not a.alive]
             if dead:
                 victim = r.choice(dead)
                 self.run_on(self.ctrl, self.ctrl.report_replica_failure(victim.backend, victim.name))
+
+    def router_report(self, ep: str, bad: bool) -> None:
+        """A router of ``ep`` reports cumulative figures: some answers from every backend, a
+        bad canary failing half of its own."""
+        assert self.ctrl is not None
+        router = self.routers.setdefault(ep, {"id": f"{ep}:{len(self.routers)}", "started_at": self.clock.now,
+                                              "backends": {}, "shadows": {}})
+        for backend in BACKENDS:
+            figures = router["backends"].setdefault(backend, {
+                "requests": 0, "app_errors": 0, "replica_failures": 0, "latency": [0] * N_BUCKETS,
+                "latency_sum_s": 0.0})
+            n = self.rng.randint(0, 30)
+            figures["requests"] += n
+            figures["app_errors"] += n // 2 if bad else 0
+            figures["latency"][bucket_of(0.002)] += n
+            shadow = router["shadows"].setdefault(backend, {"compared": 0, "agreed": 0, "errors": 0,
+                                                            "count": 0, "agreement": None,
+                                                            "avg_latency_s": 0.0})
+            shadow["compared"] += n
+            shadow["agreed"] += 0 if bad else n
+        stats = {"endpoint": ep, "started_at": router["started_at"],
+                 "backends": {b: dict(f, latency=list(f["latency"])) for b, f in router["backends"].items()},
+                 "shadows": {b: dict(f) for b, f in router["shadows"].items()}}
+        self.run_on(self.ctrl, self.ctrl.record_handle_metrics(router["id"], {}, stats))
 
     # -- the model ----------------------------------------------------------------------
     def expect_backend(self, tag: str, code: bytes, cfg: dict[str, Any], goal: Any) -> None:
@@ -452,9 +508,33 @@ class Simulation:
                 continue
             if record is None:
                 raise Violation(f"endpoint {name} was created but the store lacks it")
+            if expected.get("owned"):  # a rollout owns the traffic: it must be what it says
+                if record["rollout"] is None:
+                    raise Violation(f"endpoint {name}: a rollout was started but none is stored")
+                rollout = Rollout.model_validate(record["rollout"])
+                if (record["traffic"], record["shadows"]) != rollout.routing():
+                    raise Violation(f"endpoint {name}: stored traffic {record['traffic']} / shadows "
+                                    f"{record['shadows']} differ from its {rollout.state.value} rollout's "
+                                    f"{rollout.routing()}")
+                self.check_steps(name, rollout)
+                continue
             got = {"traffic": record["traffic"], "shadows": record["shadows"], "route": record["route"]}
             if got != expected:
                 raise Violation(f"endpoint {name}: stored {got}, promised {expected}")
+
+    def check_steps(self, name: str, rollout: Rollout) -> None:
+        """A rollout takes its steps one at a time and succeeds only after the last."""
+        taken = [h.step for h in rollout.history if h.decision.startswith("advanced to step")]
+        if taken != list(range(taken[0], taken[0] + len(taken))) if taken else False:
+            raise Violation(f"endpoint {name}: rollout steps taken {taken} skip or repeat one")
+        for h in rollout.history:
+            if h.decision.startswith(("advanced", "succeeded")):
+                seen = h.readings.get("canary_requests", h.readings.get("shadow_compared", 0))
+                if seen < rollout.guards.min_requests:
+                    raise Violation(f"endpoint {name}: rollout '{h.decision}' on {seen} samples, "
+                                    f"fewer than min_requests {rollout.guards.min_requests}")
+        if rollout.state is RolloutState.SUCCEEDED and rollout.step != len(rollout.steps) - 1:
+            raise Violation(f"endpoint {name}: rollout succeeded at step {rollout.step} of {len(rollout.steps)}")
 
     def check_memory_equals_store(self, stored: dict[str, dict[str, Any]]) -> None:
         ctrl = self.ctrl

@@ -245,3 +245,15 @@ def test_a_new_rollout_never_shows_the_last_ones_verdict(setup):
     run(ctrl.abort_rollout("ep"))
     rollout = run(ctrl.start_rollout("ep", "v2", [0.1, 1.0], 10, GUARDS))
     assert "readings" not in rollout and "30 of" not in rollout["reason"]
+
+
+def test_deleting_the_canary_never_overrides_an_operators_manual_traffic(setup):
+    """Found by the simulator (seed 162): after the operator set traffic by hand, deleting
+    the canary aborted the rollout and restored its source over the operator's traffic."""
+    ctrl, wall, _ = setup
+    run(ctrl.start_rollout("ep", "v2", [0.1, 1.0], 10, GUARDS))
+    run(ctrl.set_traffic("ep", {"v1": 0.3, "v2": 0.7}))
+    with pytest.raises(Exception, match="still used by endpoint"):
+        run(ctrl.delete_backend("v2"))
+    assert run(ctrl.list_endpoints())["ep"]["traffic"] == {"v1": 0.3, "v2": 0.7}
+    assert run(ctrl.get_rollout("ep"))["state"] == "paused"
