@@ -38,7 +38,8 @@ def test_backend_endpoint_lifecycle(serve_instance):
     client.shadow_traffic("m", "fn", 0.2)
     assert client.list_endpoints() == {"m": {
         "route": "/m", "methods": ["GET", "POST"], "traffic": {"m:v1": 0.9, "m:v2": 0.1},
-        "shadows": {"fn": 0.2}, "router": "round_robin", "batch_size": None, "batch_timeout_s": 0.0}}
+        "shadows": {"fn": 0.2}, "router": "round_robin", "batch_size": None, "batch_timeout_s": 0.0,
+        "rollout": None}}
     assert set(client.list_backends()) == {"m:v1", "m:v2", "fn"}
 
     with pytest.raises(InUseError, match="backend 'fn' is still used by endpoint\\(s\\) m"):
