@@ -35,7 +35,8 @@ def start(detached: bool = True, http_options: HTTPOptions | Mapping[str, Any] |
         except ValidationError as exc:
             raise InvalidConfigError(f"invalid http_options: {explain_validation_error(exc)}") from None
     if not isinstance(kv_store, str):
-        raise InvalidConfigError(f"kv_store is {kv_store!r}; give a URL such as 'ray://serveplane'")
+        raise InvalidConfigError(
+            f"kv_store is a {type(kv_store).__name__}; give a URL such as 'ray://serveplane'")
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING)
     controller: Any

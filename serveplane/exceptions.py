@@ -86,13 +86,18 @@ class ControllerUnavailableError(ServeplaneError):
 
 
 class KVStoreUnavailableError(ServeplaneError):
-    """A key-value store operation failed because the store is unreachable."""
+    """A key-value store operation failed because the store is unreachable.
+
+    The store URL is shown with its credentials redacted, in the message and in ``store``;
+    a password that the cause's text repeats is redacted too."""
 
     def __init__(self, store: str, operation: str, cause: BaseException | str):
-        self.store = store
+        from serveplane.redact import redact_text, redact_url
+
+        self.store = redact_url(store)
         self.operation = operation
-        self.cause = cause
-        super().__init__(f"key-value store {store} is unavailable: {operation} failed ({cause})")
+        self.cause = redact_text(str(cause), store)
+        super().__init__(f"key-value store {self.store} is unavailable: {operation} failed ({self.cause})")
 
     def __reduce__(self):
         return (type(self), (self.store, self.operation, str(self.cause)))

@@ -48,6 +48,7 @@ from serveplane.exceptions import (
 from serveplane.kv_store import RecordStore, open_store
 from serveplane.long_poll import LongPollHost
 from serveplane.records import REPLICA_NAME_PREFIX, keys
+from serveplane.redact import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -590,7 +591,7 @@ class ServeController:
 
     async def get_status(self) -> dict[str, Any]:
         store = self._store
-        return {"epoch": self._epoch, "kv_store": self._kv_url,
+        return {"epoch": self._epoch, "kv_store": redact_url(self._kv_url),
                 "fencing": FENCING_ATOMIC if store.atomic else FENCING_GCS,
                 "stale": self._persistence.stale is not None,
                 "backends": {s.tag: s.status() for s in self._backends},

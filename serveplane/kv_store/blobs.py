@@ -26,7 +26,9 @@ class Blobs:
         self.prefix = f"{namespace}/blob/"
 
     def __repr__(self) -> str:
-        return f"<Blobs {self.prefix!r} on {self.store.url}>"
+        from serveplane.redact import redact_url
+
+        return f"<Blobs {self.prefix!r} on {redact_url(self.store.url)}>"
 
     def key(self, digest: str) -> str:
         return self.prefix + digest

@@ -39,7 +39,9 @@ class ChangeLog:
         self._blob_prefix = f"{namespace}/blob/"
 
     def __repr__(self) -> str:
-        return f"<ChangeLog {self.key!r} on {self.store.url}>"
+        from serveplane.redact import redact_url
+
+        return f"<ChangeLog {self.key!r} on {redact_url(self.store.url)}>"
 
     def write(self, epoch: int, before: Changes, after: Changes) -> None:
         self.store.put(self.key, encode_checkpoint({"before": _encode(before), "after": _encode(after)},

@@ -73,7 +73,9 @@ class RecordStore:
 
     def __repr__(self) -> str:
         mode = "atomic" if self.atomic else "undo-logged"
-        return f"<RecordStore {self.namespace!r} on {self.store.url} [{mode} writes]>"
+        from serveplane.redact import redact_url
+
+        return f"<RecordStore {self.namespace!r} on {redact_url(self.store.url)} [{mode} writes]>"
 
     def key(self, name: str) -> str:
         return self._prefix + name

@@ -69,7 +69,7 @@ def test_bad_urls_name_the_url_and_the_rule(url, match):
 
 
 def test_a_non_string_url_is_refused():
-    with pytest.raises(InvalidConfigError, match="kv store url 42 is not a string"):
+    with pytest.raises(InvalidConfigError, match="kv store url of type int is not a string"):
         open_store(42)  # type: ignore[arg-type]
 
 
