@@ -57,6 +57,12 @@ def status_table(client: Any) -> str:
         traffic = " ".join(f"{b}={w:g}" for b, w in sorted(e["traffic"].items()))
         shadows = " ".join(f"{b}={p:g}" for b, p in sorted(e["shadows"].items())) or "-"
         lines.append(f"{name:<16}{(e['route'] or '-'):<17}{traffic:<32}{shadows}")
+    refused = status.get("refused") or []
+    if refused:
+        lines += ["", f"REFUSED STATE: {len(refused)} item(s) of the store not loaded, never run "
+                      f"(state key {status['state_key']['id']}, {status['state_key']['source']})",
+                  "-" * 80]
+        lines += [f"! {entry['error']}" for entry in refused]
     return "\n".join(lines)
 
 

@@ -108,7 +108,14 @@ class StaleEpochError(ServeplaneError):
 
 
 class CorruptCheckpointError(ServeplaneError):
-    """A checkpoint failed its checksum or has an unknown schema version; nothing was loaded."""
+    """A checkpoint or blob is damaged, fails authentication or has an unknown schema
+    version; nothing was loaded from it."""
+
+
+class StateAuthenticationError(CorruptCheckpointError):
+    """A record, blob or undo log fails authentication under the state key (changed by
+    something that does not hold the key, written under another key, or written by the
+    previous, unauthenticated format): it is refused, never unpickled."""
 
 
 class ReplicaStartupError(ReplicaError):

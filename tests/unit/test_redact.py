@@ -9,6 +9,7 @@ import pytest
 from serveplane.exceptions import InvalidConfigError, KVStoreUnavailableError
 from serveplane.kv_store import RecordStore, open_store
 from serveplane.redact import redact_text, redact_url
+from tests.conftest import TEST_KEY
 
 
 @pytest.mark.parametrize("url, shown", [
@@ -42,7 +43,7 @@ def closed_port() -> int:
 def test_a_redis_password_never_shows_in_repr_or_errors():
     url = f"redis://app:s3cret@127.0.0.1:{closed_port()}/0"
     store = open_store(url)
-    records = RecordStore(store, "ns")
+    records = RecordStore(store, "ns", key=TEST_KEY)
     with pytest.raises(KVStoreUnavailableError) as caught:
         records.read_all()
     shown = [repr(store), repr(records), str(caught.value), caught.value.store, repr(caught.value)]
