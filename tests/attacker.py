@@ -56,3 +56,21 @@ def rewrite_record(store: KVStore, namespace: str, name: str,
     store.put(f"{namespace}/records/{name}", forged)
     store.put(f"{namespace}/backup/{name}", forged)
 
+
+def to_previous_format(store: KVStore, namespace: str) -> int:
+    """Rewrite every record and blob of ``namespace`` as the previous format wrote them
+    (what an upgrade finds in the store); returns how many items changed."""
+    from serveplane.kv_store.blobs import HEADER_BYTES, MAGIC
+
+    changed = 0
+    for prefix in (f"{namespace}/records/", f"{namespace}/backup/"):
+        for key in store.list(prefix):
+            doc = json.loads(store.get(key) or b"{}")
+            store.put(key, plain_document(doc["payload"], doc["epoch"]))
+            changed += 1
+    for key in store.list(f"{namespace}/blob/"):
+        stored = store.get(key) or b""
+        if stored.startswith(MAGIC):
+            store.put(key, stored[HEADER_BYTES:])
+            changed += 1
+    return changed
