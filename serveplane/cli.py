@@ -11,9 +11,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from serveplane import cli_state
 from serveplane.exceptions import ServeplaneError
 
-ADDRESS_FILE = Path(os.environ.get("SERVEPLANE_STATE_DIR", "/tmp/serveplane-cli")) / "ray_address"
 DEFAULT_NAMESPACE = "serveplane"
 
 
@@ -28,8 +28,8 @@ def _connect_ray(address: str | None, start_local: bool = False) -> None:
         return
     if address is None:
         address = os.environ.get("RAY_ADDRESS")
-    if address is None and not start_local and ADDRESS_FILE.exists():
-        address = ADDRESS_FILE.read_text().strip()
+    if address is None and not start_local:
+        address = cli_state.read_address()
     if address is None and not start_local:
         address = "auto"
     import logging
@@ -78,8 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     namespace = args.namespace or config.namespace or DEFAULT_NAMESPACE
     _connect_ray(args.address, start_local=args.address is None)
     if args.address is None:
-        ADDRESS_FILE.parent.mkdir(parents=True, exist_ok=True)
-        ADDRESS_FILE.write_text(ray.get_runtime_context().gcs_address)
+        cli_state.write_address(ray.get_runtime_context().gcs_address)
     http = (config.http or HTTPOptions.model_validate({})).model_copy(
         update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None})
     client = serveplane.start(kv_store=config.kv_store or f"ray://{namespace}", namespace=namespace,
@@ -107,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         client.shutdown()
         if args.address is None:
             ray.shutdown()
-            ADDRESS_FILE.unlink(missing_ok=True)
+            cli_state.forget_address()
     return 0
 
 
@@ -214,7 +213,7 @@ def cmd_migrate_state(args: argparse.Namespace) -> int:
 def _running_controller(args: argparse.Namespace, needs_ray: bool) -> Any:
     """A client of the namespace's running controller, or None (Ray is joined only when the
     store is the GCS KV or an address is known)."""
-    if not (needs_ray or args.address or os.environ.get("RAY_ADDRESS") or ADDRESS_FILE.exists()):
+    if not (needs_ray or args.address or os.environ.get("RAY_ADDRESS") or cli_state.read_address()):
         return None
     import serveplane
     from serveplane.exceptions import ControllerUnavailableError
