@@ -13,6 +13,7 @@ from typing import Any, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from serveplane.exceptions import InvalidConfigError
+from serveplane.exposure import check_http_methods
 
 ROUTER_NAMES = ("round_robin", "least_loaded", "power_of_two", "consistent_hash")
 
@@ -81,6 +82,14 @@ class BackendConfig(_Model):
     health_check_failure_threshold: int = Field(3, ge=1)
     startup_timeout_s: float = Field(600.0, gt=0)
     autoscaling_config: AutoscalingConfig | None = None
+    # methods an HTTP request may call besides __call__ (X-SERVE-CALL-METHOD); see
+    # serveplane/exposure.py
+    http_methods: list[str] | None = None
+
+    @field_validator("http_methods")
+    @classmethod
+    def _http_methods(cls, v: list[str] | None) -> list[str] | None:
+        return check_http_methods(v)
 
     @field_validator("user_config")
     @classmethod

@@ -55,6 +55,10 @@ class GoalNotFoundError(NotFoundError, InvalidInputError):
 
 
 # -- back-pressure -----------------------------------------------------------
+class MethodNotExposedError(NotFoundError, InvalidInputError):
+    """An HTTP request named a method its backend does not expose over HTTP (HTTP 404)."""
+
+
 class BackPressureError(ServeplaneError):
     """Every replica is full and the router's queue is at its limit: retry later."""
 

@@ -1,6 +1,7 @@
 """The HTTP proxy actor: routes come from the controller by long-poll.
 
-Invariants: no request can take the proxy down. A body over ``max_body_bytes`` gets 413
+Invariants: no request can take the proxy down. ``X-SERVE-CALL-METHOD`` reaches only the
+methods a backend exposes over HTTP (404 otherwise). A body over ``max_body_bytes`` gets 413
 before it is read whole; a user error gets 500 with an error id that is also logged; a
 request past ``request_timeout_s`` gets 504; back-pressure gets 503 with ``Retry-After``.
 """
@@ -14,7 +15,7 @@ import uuid
 from typing import Any
 
 from serveplane.config import HTTPOptions
-from serveplane.exceptions import BackPressureError, NoReplicasError, RequestTimeoutError
+from serveplane.exceptions import BackPressureError, MethodNotExposedError, NoReplicasError, RequestTimeoutError
 from serveplane.http.request import HTTPRequest
 from serveplane.records import CONTROLLER_NAME, keys
 
@@ -74,7 +75,7 @@ def build_app(options: HTTPOptions, namespace: str, routes_ref: dict[str, Any]) 
                                    headers={k.lower(): v for k, v in request.headers.items()},
                                    body=b"".join(chunks))
         handle = get_handle(endpoint, CONTROLLER_NAME, namespace)
-        opts: dict[str, Any] = {"timeout_s": options.request_timeout_s}
+        opts: dict[str, Any] = {"timeout_s": options.request_timeout_s, "http": True}
         if request.headers.get(HEADER_METHOD):
             opts["method_name"] = request.headers[HEADER_METHOD]
         if request.headers.get(HEADER_SHARD):
@@ -89,6 +90,9 @@ def build_app(options: HTTPOptions, namespace: str, routes_ref: dict[str, Any]) 
                                           f"{options.request_timeout_s:g}s"}, status_code=504)
         except BackPressureError as exc:
             return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+        except MethodNotExposedError as exc:  # X-SERVE-CALL-METHOD named a method not exposed over HTTP
+            return JSONResponse({"error": str(getattr(exc, "cause", None) or exc).strip().splitlines()[-1]},
+                                status_code=404)
         except Exception as exc:  # noqa: BLE001 - user code failed: 500 with an id
             error_id = uuid.uuid4().hex[:12]
             logger.error("error %s in endpoint %r: %s", error_id, endpoint, exc)
