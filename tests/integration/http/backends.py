@@ -61,3 +61,30 @@ class Exposed:
     def check_health(self):
         return None
 
+
+class Fails:
+    def __call__(self, request):
+        raise ValueError(f"secret detail {request.query_params.get('n', '')}")
+
+
+class Sink:
+    """Accepts uploads; answers with their size."""
+
+    def __call__(self, request):
+        return {"bytes": len(request.body)}
+
+
+class FuzzTarget:
+    """Raises (the user's 500) exactly when the request says "boom"."""
+
+    def __call__(self, request):
+        if b"boom" in request.body or any("boom" in v for v in request.query_params.values()):
+            raise RuntimeError("the user's code failed, as asked")
+        return {"method": request.method, "bytes": len(request.body)}
+
+    @serveplane.http_method
+    def echo(self, request):
+        return request.body
+
+    def hidden(self, request):
+        return "should never be reached over HTTP"
