@@ -18,6 +18,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = [
     ("Handle latency and throughput (raw Ray actor vs serveplane vs Ray Serve)", "handle.py", []),
     ("HTTP proxy (serveplane vs Ray Serve, same backend, loopback load)", "http_proxy.py", []),
+    ("HTTP proxy memory under many large, slow uploads (bounded vs limits lifted)", "proxy_memory.py", []),
     ("Batching throughput", "batching.py", []),
     ("Control-plane latency (goals, recovery)", "control_plane.py", ["--repeats", "3"]),
     ("Control-plane scale with fake replicas", "control_plane_scale.py", []),
