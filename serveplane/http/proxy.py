@@ -53,11 +53,13 @@ def match_route(routes: dict[str, tuple[str, tuple[str, ...]]], path: str) -> tu
     return best[1] if best else None
 
 
-def _json(status: int, error: str, **headers: str) -> Any:
+def _json(status: int, error: str, headers: dict[str, str] | None = None) -> Any:
     from starlette.responses import JSONResponse
 
-    return JSONResponse({"error": error}, status_code=status,
-                        headers={k.replace("_", "-"): v for k, v in headers.items()})
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
+
+
+_RETRY = {"Retry-After": str(RETRY_AFTER_S)}
 
 
 class _BodyRefused(Exception):
@@ -68,8 +70,7 @@ class _BodyRefused(Exception):
 class ProxyApp:
     """The ASGI app (every path goes to ``serve``: routes are dynamic) and its counters."""
 
-    def __init__(self, options: HTTPOptions, namespace: str, routes_ref: dict[str, Any],
-                 handle_factory: Any = None) -> None:
+    def __init__(self, options: HTTPOptions, namespace: str, routes_ref: dict[str, Any]) -> None:
         self.options = options
         self.namespace = namespace
         self.routes_ref = routes_ref
@@ -79,7 +80,6 @@ class ProxyApp:
                         if options.rate_limit_rps is not None else None)
         self.admission = Admission(options.max_concurrent_requests, options.buffered_body_budget)
         self.answered: dict[int, int] = {}
-        self._handle_factory = handle_factory
 
     def __repr__(self) -> str:
         return f"<ProxyApp {self.namespace!r} {self.admission!r} answered={self.answered}>"
@@ -109,17 +109,17 @@ class ProxyApp:
         caller = self.keys.match(bearer_token(request.headers.get("authorization"))) if self.keys.enabled else None
         if self.keys.enabled and caller is None:
             return _json(401, "missing or invalid API key; send the header Authorization: Bearer <key>",
-                         WWW_Authenticate="Bearer")
+                         {"WWW-Authenticate": "Bearer"})
         if self.buckets is not None:
             bucket = caller or f"address:{request.client.host if request.client else 'unknown'}"
             wait = self.buckets.take(bucket)
             if wait > 0:
                 retry = max(1, math.ceil(wait))
                 return _json(429, f"rate limit of {self.options.rate_limit_rps:g} requests/s exceeded; "
-                                  f"retry after {retry}s", Retry_After=str(retry))
+                                  f"retry after {retry}s", {"Retry-After": str(retry)})
         if not self.admission.enter():
             return _json(503, f"the proxy is at max_concurrent_requests={self.admission.max_in_flight}; "
-                              f"retry after {RETRY_AFTER_S}s", Retry_After=str(RETRY_AFTER_S))
+                              f"retry after {RETRY_AFTER_S}s", _RETRY)
         reserved = [0]
         try:
             return await self._routed(request, reserved)
@@ -176,7 +176,7 @@ class ProxyApp:
                               f"{self.options.request_timeout_s:g}s")
         except BackPressureError:
             return _json(503, f"endpoint {endpoint!r} is at capacity; retry after {RETRY_AFTER_S}s",
-                         Retry_After=str(RETRY_AFTER_S))
+                         _RETRY)
         except MethodNotExposedError as exc:
             return _json(404, str(getattr(exc, "cause", None) or exc).strip().splitlines()[-1])
         except Exception as exc:  # noqa: BLE001 - user code failed: 500 with an id
@@ -184,8 +184,6 @@ class ProxyApp:
         return to_response(result)
 
     def _handle(self, endpoint: str) -> Any:
-        if self._handle_factory is not None:
-            return self._handle_factory(endpoint)
         from serveplane.router import get_handle
 
         return get_handle(endpoint, CONTROLLER_NAME, self.namespace)
@@ -216,7 +214,7 @@ class ProxyApp:
         except asyncio.TimeoutError:
             raise _BodyRefused(_json(408, f"request body not received within body_read_timeout_s="
                                           f"{self.options.body_read_timeout_s:g}s; send it faster or "
-                                          "in a smaller request", Connection="close")) from None
+                                          "in a smaller request", {"Connection": "close"})) from None
         return b"".join(chunks)
 
     def _reserve(self, n: int, reserved: list[int]) -> bool:
@@ -227,7 +225,7 @@ class ProxyApp:
 
     def _no_room(self) -> Any:
         return _json(503, f"the proxy holds max_buffered_body_bytes={self.admission.max_buffered_bytes} of "
-                          f"request bodies; retry after {RETRY_AFTER_S}s", Retry_After=str(RETRY_AFTER_S))
+                          f"request bodies; retry after {RETRY_AFTER_S}s", _RETRY)
 
     def _internal_error(self, endpoint: str | None, exc: BaseException) -> Any:
         from starlette.responses import JSONResponse
