@@ -54,10 +54,12 @@ from serveplane.backend_state.fake import FakeReplicaActorWrapper
 from serveplane.controller.controller import ServeController
 from serveplane.controller.persistence import inline_runner
 from serveplane.endpoint_state import EndpointRecord
-from serveplane.kv_store import KVStore, RecordStore, open_store
+from serveplane.kv_store import KVStore, RecordStore, StateKey, open_store
 from serveplane.long_poll import LongPollHost
 
 T = TypeVar("T")
+
+TEST_KEY = StateKey("benchmark-state-key-0123456789abcdef", "benchmark")
 
 TICK_S = 0.1             # the control loop's period; the fake clock advances this much a tick
 HEALTH_PERIOD_S = 10.0   # BackendConfig.health_check_period_s default
@@ -137,7 +139,8 @@ def new_controller(url: str, namespace: str, clock: FakeClock,
     the store holds."""
     ctrl = ServeController(url, namespace, run_loop=False, run_io=inline_runner, run_ray=inline_runner,
                            clock=clock, store=store,
-                           wrapper_factory=lambda b, t: FakeReplicaActorWrapper(b, t, auto_ready=True))
+                           wrapper_factory=lambda b, t: FakeReplicaActorWrapper(b, t, auto_ready=True),
+                           state_key=TEST_KEY)
     # the orphan sweep asks Ray for its named actors; there is no Ray here
     ctrl._sweep_orphans = _no_sweep  # type: ignore[method-assign]
     return ctrl
@@ -207,7 +210,7 @@ async def build_state(url: str, namespace: str, clock: FakeClock, n_backends: in
         created = min(n_backends, created + per_tick)
         await ctrl.control_step(clock.advance())
     await step_until_settled(ctrl, clock, f"building {n_backends} backends")
-    records = RecordStore(store.target, namespace=f"serveplane/{namespace}")
+    records = RecordStore(store.target, namespace=f"serveplane/{namespace}", key=TEST_KEY)
     records.write(records.current_epoch(), endpoint_records(n_backends))
     store.move_to(open_store(url))
     return ctrl, store
@@ -279,7 +282,7 @@ async def measure_scale(n_backends: int, replicas: int, ticks: int, db_dir: str)
     recovery = await successor_recovery(url, namespace, clock)
     plain = open_store(url)
     started = time.perf_counter()
-    records = RecordStore(plain, namespace=f"serveplane/{namespace}").read_all()
+    records = RecordStore(plain, namespace=f"serveplane/{namespace}", key=TEST_KEY).read_all()
     read_all_s = time.perf_counter() - started
     plain.close()
     return ScaleResult(n_backends, replicas, build_s, tick_ms, store_ms, visited, rpc_ms, all_ms,

@@ -20,6 +20,7 @@ BENCHMARKS = [
      ["--outcomes-cost"]),
     ("Rollouts: guard breach to traffic restored", "rollout.py", []),
     ("HTTP proxy (serveplane vs Ray Serve, same backend, loopback load)", "http_proxy.py", []),
+    ("HTTP proxy memory under many large, slow uploads (bounded vs limits lifted)", "proxy_memory.py", []),
     ("Batching throughput", "batching.py", []),
     ("Control-plane latency (goals, recovery)", "control_plane.py", ["--repeats", "3"]),
     ("Control-plane scale with fake replicas", "control_plane_scale.py", []),

@@ -13,11 +13,16 @@ Public API::
     handle = client.get_handle("model")
     handle.remote(x).result(timeout=10)
 
+    class Model:
+        @serveplane.http_method               # callable over HTTP with X-SERVE-CALL-METHOD
+        def predict(self, request): ...
+
 Everything not exported here is internal.
 """
 
 from typing import Any
 
+from serveplane.exposure import http_method
 from serveplane.replica.batching import accept_batch, batch
 from serveplane.config import AutoscalingConfig, BackendConfig, HTTPOptions
 from serveplane.exceptions import (
@@ -30,6 +35,7 @@ from serveplane.exceptions import (
     InvalidConfigError,
     InvalidInputError,
     KVStoreUnavailableError,
+    MethodNotExposedError,
     NotFoundError,
     ReplicaDiedError,
     ReplicaError,
@@ -37,15 +43,16 @@ from serveplane.exceptions import (
     RequestTimeoutError,
     ServeplaneError,
     StaleEpochError,
+    StateAuthenticationError,
 )
 
 __all__ = [
     "AutoscalingConfig", "BackPressureError", "BackendConfig", "BatchSizeMismatchError", "Client",
     "ControllerUnavailableError", "CorruptCheckpointError", "DuplicateError", "HTTPOptions",
     "InUseError", "InvalidConfigError", "InvalidInputError", "KVStoreUnavailableError",
-    "NotFoundError", "ReplicaDiedError", "ReplicaError", "ReplicaStartupError",
-    "RequestTimeoutError", "ServeplaneError", "StaleEpochError", "accept_batch", "batch", "connect",
-    "start",
+    "MethodNotExposedError", "NotFoundError", "ReplicaDiedError", "ReplicaError", "ReplicaStartupError",
+    "RequestTimeoutError", "ServeplaneError", "StateAuthenticationError", "StaleEpochError",
+    "accept_batch", "batch", "connect", "http_method", "start",
 ]
 
 

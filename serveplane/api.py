@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Mapping
 
 import ray
@@ -15,6 +16,7 @@ from serveplane.config import HTTPOptions, explain_validation_error
 from serveplane.controller.controller import ServeController
 from serveplane.exceptions import ControllerUnavailableError, InvalidConfigError
 from serveplane.records import CONTROLLER_NAME, DEFAULT_NAMESPACE
+from serveplane.state_key import resolve_state_key
 
 logger = logging.getLogger(__name__)
 
@@ -22,9 +24,13 @@ DEFAULT_KV_STORE = "ray://serveplane"
 
 
 def start(detached: bool = True, http_options: HTTPOptions | Mapping[str, Any] | None = None,
-          kv_store: str = DEFAULT_KV_STORE, namespace: str = DEFAULT_NAMESPACE) -> Client:
+          kv_store: str = DEFAULT_KV_STORE, namespace: str = DEFAULT_NAMESPACE,
+          state_key_file: str | os.PathLike[str] | None = None) -> Client:
     """Start the controller (or attach to the running one) and return a ``Client``.
 
+    A new controller gets the state key that authenticates its store: ``$SERVEPLANE_STATE_KEY``,
+    else ``state_key_file``, else the default key file (created 0600 on first start; see
+    ``serveplane.state_key``). Attaching to a running controller needs no key.
     Calls ``ray.init()`` when Ray is not initialized yet.
     """
     options = None
@@ -35,7 +41,8 @@ def start(detached: bool = True, http_options: HTTPOptions | Mapping[str, Any] |
         except ValidationError as exc:
             raise InvalidConfigError(f"invalid http_options: {explain_validation_error(exc)}") from None
     if not isinstance(kv_store, str):
-        raise InvalidConfigError(f"kv_store is {kv_store!r}; give a URL such as 'ray://serveplane'")
+        raise InvalidConfigError(
+            f"kv_store is a {type(kv_store).__name__}; give a URL such as 'ray://serveplane'")
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING)
     controller: Any
@@ -43,13 +50,14 @@ def start(detached: bool = True, http_options: HTTPOptions | Mapping[str, Any] |
         controller = ray.get_actor(CONTROLLER_NAME, namespace=namespace)
         logger.info("attached to the running serveplane controller in namespace %r", namespace)
     except ValueError:
+        state_key = resolve_state_key(state_key_file)
         node_id = ray.get_runtime_context().get_node_id()
         controller = ray.remote(ServeController).options(
             name=CONTROLLER_NAME, namespace=namespace, get_if_exists=True,
             lifetime="detached" if detached else None, max_restarts=-1, max_task_retries=0,
             max_concurrency=10_000, num_cpus=0,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=True),
-        ).remote(kv_store, namespace, None)
+        ).remote(kv_store, namespace, None, state_key=state_key)
     client = Client(controller, namespace, detached)
     client._call("ping", timeout_s=120.0)
     if options is not None and options.location != "NoServer":

@@ -1,4 +1,4 @@
-"""``serveplane run|apply|status|traffic|shadow|rollout|shutdown``."""
+"""``serveplane run|apply|status|traffic|shadow|rollout|shutdown|migrate-state``."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from serveplane.cli_rollout import add_rollout_commands, rollout_lines
+from serveplane import cli_state
 from serveplane.exceptions import ServeplaneError
 
-ADDRESS_FILE = Path(os.environ.get("SERVEPLANE_STATE_DIR", "/tmp/serveplane-cli")) / "ray_address"
 DEFAULT_NAMESPACE = "serveplane"
 
 
@@ -29,8 +29,8 @@ def _connect_ray(address: str | None, start_local: bool = False) -> None:
         return
     if address is None:
         address = os.environ.get("RAY_ADDRESS")
-    if address is None and not start_local and ADDRESS_FILE.exists():
-        address = ADDRESS_FILE.read_text().strip()
+    if address is None and not start_local:
+        address = cli_state.read_address()
     if address is None and not start_local:
         address = "auto"
     import logging
@@ -60,6 +60,12 @@ def status_table(client: Any) -> str:
         lines.append(f"{name:<16}{(e['route'] or '-'):<17}{traffic:<32}{shadows}")
     rollouts = {n: client.get_rollout(n) for n, e in status["endpoints"].items() if e.get("rollout")}
     lines += rollout_lines(status, rollouts)
+    refused = status.get("refused") or []
+    if refused:
+        lines += ["", f"REFUSED STATE: {len(refused)} item(s) of the store not loaded, never run "
+                      f"(state key {status['state_key']['id']}, {status['state_key']['source']})",
+                  "-" * 80]
+        lines += [f"! {entry['error']}" for entry in refused]
     return "\n".join(lines)
 
 
@@ -75,12 +81,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     namespace = args.namespace or config.namespace or DEFAULT_NAMESPACE
     _connect_ray(args.address, start_local=args.address is None)
     if args.address is None:
-        ADDRESS_FILE.parent.mkdir(parents=True, exist_ok=True)
-        ADDRESS_FILE.write_text(ray.get_runtime_context().gcs_address)
+        cli_state.write_address(ray.get_runtime_context().gcs_address)
     http = (config.http or HTTPOptions.model_validate({})).model_copy(
         update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None})
     client = serveplane.start(kv_store=config.kv_store or f"ray://{namespace}", namespace=namespace,
-                              http_options=http, detached=args.address is not None)
+                              http_options=http, detached=args.address is not None,
+                              state_key_file=args.state_key_file)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -103,7 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         client.shutdown()
         if args.address is None:
             ray.shutdown()
-            ADDRESS_FILE.unlink(missing_ok=True)
+            cli_state.forget_address()
     return 0
 
 
@@ -161,6 +167,67 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate_state(args: argparse.Namespace) -> int:
+    from serveplane.kv_store import open_store
+    from serveplane.kv_store.migrate import migrate_namespace, plan_migration
+    from serveplane.redact import redact_url
+    from serveplane.state_key import resolve_state_key
+
+    url = args.kv_store or f"ray://{args.namespace}"
+    key = resolve_state_key(args.state_key_file)
+    controller = _running_controller(args, needs_ray=url.startswith("ray://"))
+    if controller is not None:
+        running = controller.get_status()["state_key"]
+        if running["id"] != key.id:
+            raise ServeplaneError(
+                f"the running controller of namespace {args.namespace!r} uses state key {running['id']} "
+                f"({running['source']}); this command resolved {key.describe()}: run it with the "
+                "controller's key ($SERVEPLANE_STATE_KEY or --state-key-file)")
+    namespace = f"serveplane/{args.namespace}"
+    store = open_store(url)
+    try:
+        report = (plan_migration if args.dry_run else migrate_namespace)(store, namespace, key)
+    finally:
+        store.close()
+    print(f"namespace {namespace!r} in {redact_url(url)}, under {key.describe()}")
+    for name, record in sorted(report.records.items()):
+        print(f"  + record {name}" + (" (an old tombstone: deleted)" if record is None else ""))
+    for digest in sorted(report.blobs):
+        print(f"  + blob {digest[:16]}... ({len(report.blobs[digest])} bytes)")
+    if report.log_resealed:
+        print("  + an unfinished change of the previous format, rolled back")
+    for where, why in sorted(report.refused.items()):
+        print(f"  ! not migrated: {why}")
+    migrated = f"{len(report.records)} record(s) and {len(report.blobs)} blob(s)"
+    if not report.needed:
+        print(f"nothing to migrate ({report.already} item(s) already authenticated)")
+    elif args.dry_run:
+        print(f"dry run: would migrate {migrated}; nothing was written")
+    else:
+        print(f"migrated {migrated} (epoch {report.epoch}); {report.already} item(s) were already authenticated")
+        if controller is not None:
+            controller.restart_controller(report.epoch or 0)
+            print(f"restarted the controller of namespace {args.namespace!r}: it loaded the migrated state")
+        else:
+            print("restart the namespace's controller (if one runs) so that it loads the migrated state")
+    return 0
+
+
+def _running_controller(args: argparse.Namespace, needs_ray: bool) -> Any:
+    """A client of the namespace's running controller, or None (Ray is joined only when the
+    store is the GCS KV or an address is known)."""
+    if not (needs_ray or args.address or os.environ.get("RAY_ADDRESS") or cli_state.read_address()):
+        return None
+    import serveplane
+    from serveplane.exceptions import ControllerUnavailableError
+
+    _connect_ray(args.address)
+    try:
+        return serveplane.connect(namespace=args.namespace)
+    except ControllerUnavailableError:
+        return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="serveplane", description="serve models on Ray")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: the one "
@@ -171,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config")
     run.add_argument("--host", default=None)
     run.add_argument("--port", type=int, default=None)
+    run.add_argument("--state-key-file", default=None, help="the state key's file (default: "
+                     "$SERVEPLANE_STATE_KEY, else ~/.config/serveplane/state-key, created 0600)")
     run.set_defaults(func=cmd_run)
     ap = sub.add_parser("apply", help="make the running cluster match CONFIG; prints the diff")
     ap.add_argument("config")
@@ -191,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     sd = sub.add_parser("shutdown", help="stop every replica, the proxy and the controller")
     sd.set_defaults(func=cmd_shutdown)
     add_rollout_commands(sub, _client)
+    mg = sub.add_parser("migrate-state", help="authenticate, once, state the previous (unauthenticated) "
+                        "format wrote, under the state key; restarts the running controller")
+    mg.add_argument("--kv-store", default=None, help="the store's URL (default ray://NAMESPACE)")
+    mg.add_argument("--state-key-file", default=None, help="as for run")
+    mg.add_argument("--dry-run", action="store_true", help="list what would be migrated; write nothing")
+    mg.set_defaults(func=cmd_migrate_state)
     return parser
 
 

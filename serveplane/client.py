@@ -263,6 +263,23 @@ class Client:
     def get_status(self) -> dict[str, Any]:
         return self._call("get_status")
 
+    def restart_controller(self, after_epoch: int, timeout_s: float = 120.0) -> dict[str, Any]:
+        """Restart the controller actor (Ray re-creates it from the arguments it was started
+        with: same store, same state key) and wait until the new one serves, with an epoch
+        above ``after_epoch``; returns its status. Replicas and proxies keep serving."""
+        ray.kill(self._controller, no_restart=False)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ControllerUnavailableError(
+                    f"controller {CONTROLLER_NAME!r} of namespace {self._namespace!r} did not come "
+                    f"back within {timeout_s:.0f}s; check `ray list actors` and its logs")
+            status = self._call("get_status", timeout_s=remaining)
+            if status["epoch"] > after_epoch:
+                return status
+            time.sleep(0.1)
+
     def shutdown(self) -> None:
         if self._shutdown:
             return

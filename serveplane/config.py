@@ -10,9 +10,10 @@ import json
 import math
 from typing import Any, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from serveplane.exceptions import InvalidConfigError
+from serveplane.exposure import check_http_methods
 
 ROUTER_NAMES = ("round_robin", "least_loaded", "power_of_two", "consistent_hash")
 
@@ -81,6 +82,14 @@ class BackendConfig(_Model):
     health_check_failure_threshold: int = Field(3, ge=1)
     startup_timeout_s: float = Field(600.0, gt=0)
     autoscaling_config: AutoscalingConfig | None = None
+    # methods an HTTP request may call besides __call__ (X-SERVE-CALL-METHOD); see
+    # serveplane/exposure.py
+    http_methods: list[str] | None = None
+
+    @field_validator("http_methods")
+    @classmethod
+    def _http_methods(cls, v: list[str] | None) -> list[str] | None:
+        return check_http_methods(v)
 
     @field_validator("user_config")
     @classmethod
@@ -109,12 +118,38 @@ class BackendConfig(_Model):
         return max(auto.min_replicas, min(self.num_replicas, auto.max_replicas))
 
 
+MIN_API_KEY_LENGTH = 16
+DEFAULT_MAX_BUFFERED_BODY_BYTES = 512 * 1024 * 1024
+# fields whose values are secrets: validation errors never quote them
+SECRET_FIELDS = frozenset({"api_keys"})
+
+
 class HTTPOptions(_Model):
+    """The HTTP proxy: where it listens, what it accepts, and the bounds that keep it up.
+
+    Security (see the README's "Security model"): with ``api_keys`` or ``api_keys_file``
+    every request but ``/-/healthz`` needs ``Authorization: Bearer <key>`` (401 otherwise);
+    ``rate_limit_rps`` is a token bucket per key (per client address without keys), 429 past
+    it. At most ``max_concurrent_requests`` requests are in flight (503 past it), a body must
+    arrive within ``body_read_timeout_s`` (408) and the bodies held at once never exceed
+    ``max_buffered_body_bytes`` (503), so memory stays bounded under many large or slow
+    uploads. A 500 carries an error id only (the exception is in the proxy's log under it)
+    unless ``debug_errors``.
+    """
+
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     location: str = "HeadOnly"
     max_body_bytes: int = Field(100 * 1024 * 1024, ge=1)
     request_timeout_s: float = Field(60.0, gt=0)
+    debug_errors: bool = False
+    api_keys: list[SecretStr] | None = None
+    api_keys_file: str | None = None
+    rate_limit_rps: float | None = Field(None, gt=0)
+    rate_limit_burst: int | None = Field(None, ge=1)
+    max_concurrent_requests: int = Field(256, ge=1)
+    body_read_timeout_s: float = Field(30.0, gt=0)
+    max_buffered_body_bytes: int | None = Field(None, ge=1)
 
     @field_validator("location")
     @classmethod
@@ -122,6 +157,50 @@ class HTTPOptions(_Model):
         if v not in ("HeadOnly", "EveryNode", "NoServer"):
             raise ValueError(f"location {v!r} is not one of 'HeadOnly', 'EveryNode', 'NoServer'")
         return v
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys(cls, v: list[SecretStr] | None) -> list[SecretStr] | None:
+        for i, key in enumerate(v or ()):
+            why = api_key_problem(key.get_secret_value())
+            if why is not None:
+                raise ValueError(f"api_keys[{i}] {why}")  # never the key itself
+        return v
+
+    @model_validator(mode="after")
+    def _bounds(self) -> HTTPOptions:
+        if self.rate_limit_burst is not None and self.rate_limit_rps is None:
+            raise ValueError("rate_limit_burst is set but rate_limit_rps is not; set both, or neither")
+        if self.max_buffered_body_bytes is not None and self.max_buffered_body_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"max_buffered_body_bytes ({self.max_buffered_body_bytes}) is less than max_body_bytes "
+                f"({self.max_body_bytes}); one body must fit: raise it, or leave it out")
+        return self
+
+    @property
+    def buffered_body_budget(self) -> int:
+        """What all bodies held at once may total: max_buffered_body_bytes, else 512 MiB (or
+        max_body_bytes when larger)."""
+        if self.max_buffered_body_bytes is not None:
+            return self.max_buffered_body_bytes
+        return max(DEFAULT_MAX_BUFFERED_BODY_BYTES, self.max_body_bytes)
+
+    @property
+    def burst(self) -> int:
+        """Tokens a rate-limit bucket holds: rate_limit_burst, else one second's worth."""
+        if self.rate_limit_burst is not None:
+            return self.rate_limit_burst
+        return max(1, math.ceil(self.rate_limit_rps or 1))
+
+
+def api_key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be an API key (never quoting it), or None."""
+    if len(key) < MIN_API_KEY_LENGTH:
+        return (f"is {len(key)} characters; an API key has at least {MIN_API_KEY_LENGTH} (generate "
+                "one with: python -c 'import secrets; print(secrets.token_urlsafe(24))')")
+    if not all(33 <= ord(ch) <= 126 for ch in key):
+        return "has a space, a control or a non-ASCII character; API keys are printable ASCII"
+    return None
 
 
 def _fmt(x: float) -> str:
@@ -208,7 +287,8 @@ def _explain(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "config"
-        parts.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+        secret = bool(set(str(p) for p in err["loc"]) & SECRET_FIELDS) or not err["loc"]
+        parts.append(f"{loc}: {err['msg']}" + ("" if secret else f" (got {err.get('input')!r})"))
     return "; ".join(parts)
 
 

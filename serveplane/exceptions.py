@@ -55,6 +55,10 @@ class GoalNotFoundError(NotFoundError, InvalidInputError):
 
 
 # -- back-pressure -----------------------------------------------------------
+class MethodNotExposedError(NotFoundError, InvalidInputError):
+    """An HTTP request named a method its backend does not expose over HTTP (HTTP 404)."""
+
+
 class BackPressureError(ServeplaneError):
     """Every replica is full and the router's queue is at its limit: retry later."""
 
@@ -86,13 +90,18 @@ class ControllerUnavailableError(ServeplaneError):
 
 
 class KVStoreUnavailableError(ServeplaneError):
-    """A key-value store operation failed because the store is unreachable."""
+    """A key-value store operation failed because the store is unreachable.
+
+    The store URL is shown with its credentials redacted, in the message and in ``store``;
+    a password that the cause's text repeats is redacted too."""
 
     def __init__(self, store: str, operation: str, cause: BaseException | str):
-        self.store = store
+        from serveplane.redact import redact_text, redact_url
+
+        self.store = redact_url(store)
         self.operation = operation
-        self.cause = cause
-        super().__init__(f"key-value store {store} is unavailable: {operation} failed ({cause})")
+        self.cause = redact_text(str(cause), store)
+        super().__init__(f"key-value store {self.store} is unavailable: {operation} failed ({self.cause})")
 
     def __reduce__(self):
         return (type(self), (self.store, self.operation, str(self.cause)))
@@ -103,7 +112,14 @@ class StaleEpochError(ServeplaneError):
 
 
 class CorruptCheckpointError(ServeplaneError):
-    """A checkpoint failed its checksum or has an unknown schema version; nothing was loaded."""
+    """A checkpoint or blob is damaged, fails authentication or has an unknown schema
+    version; nothing was loaded from it."""
+
+
+class StateAuthenticationError(CorruptCheckpointError):
+    """A record, blob or undo log fails authentication under the state key (changed by
+    something that does not hold the key, written under another key, or written by the
+    previous, unauthenticated format): it is refused, never unpickled."""
 
 
 class ReplicaStartupError(ReplicaError):

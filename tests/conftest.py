@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from serveplane.kv_store.auth import StateKey
+
 ROOT = Path(__file__).resolve().parent.parent
+# Every controller the tests start, and every CLI they run, uses this state key (never a key
+# file in the user's home); tests that read a store directly use TEST_KEY.
+os.environ.setdefault("SERVEPLANE_STATE_KEY", "serveplane-tests-state-key-0123456789abcdef")
+TEST_KEY = StateKey(os.environ["SERVEPLANE_STATE_KEY"], "$SERVEPLANE_STATE_KEY")
 # Logical resources: enough CPUs for a few replicas on a 2-core machine, and two logical
 # GPUs so that placement with num_gpus (fractional too) is tested without a GPU.
 RAY_NUM_CPUS = 8
@@ -61,7 +67,7 @@ class RedisServer:
     """A real redis-server on a free loopback port, with an append-only file so that a
     stop/start keeps the data (like a production Redis restart)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, password: str | None = None) -> None:
         import shutil
         import socket
 
@@ -72,25 +78,28 @@ class RedisServer:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.workdir = workdir
+        self.password = password
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         import time
 
         import redis
 
+        auth = ["--requirepass", self.password] if self.password else []
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir)],
+             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir), *auth],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:
             try:
-                if redis.Redis(port=self.port, socket_timeout=0.5).ping():
+                if redis.Redis(port=self.port, password=self.password, socket_timeout=0.5).ping():
                     return
             except redis.RedisError:
                 pass
@@ -112,6 +121,17 @@ class RedisServer:
 @pytest.fixture
 def redis_server(tmp_path):
     server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_server_with_password(tmp_path):
+    """A real redis-server that requires a password; ``url`` carries it."""
+    server = RedisServer(tmp_path, password="redis-pw-" + uuid.uuid4().hex)
     server.start()
     try:
         yield server

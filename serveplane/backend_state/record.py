@@ -6,7 +6,8 @@ A config field reaches running replicas in one of three ways:
 - **roll over** (``version``): code, init args, actor options, and the actor's Ray
   concurrency limit (derived from ``max_concurrent_queries``; Ray fixes it at creation);
 - **in place** (``config_version``): ``user_config``, ``max_batch_size``,
-  ``batch_wait_timeout`` and ``max_concurrent_queries``, sent with ``reconfigure()``; a
+  ``batch_wait_timeout``, ``max_concurrent_queries`` and ``http_methods``, sent with
+  ``reconfigure()``; a
   replica reports the ``config_version`` it runs, so a goal completes only when every
   running replica reports the new one;
 - **controller or router side**: health options, timeouts, retries, queue bounds and
@@ -24,7 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serveplane.config import BackendConfig
 
-IN_PLACE_FIELDS = ("user_config", "max_batch_size", "batch_wait_timeout", "max_concurrent_queries")
+IN_PLACE_FIELDS = ("user_config", "max_batch_size", "batch_wait_timeout", "max_concurrent_queries",
+                   "http_methods")
+# in-place fields that count only once set, so that versions computed before they existed hold
+_COUNTED_WHEN_SET = ("http_methods",)
 
 
 def content_hash(*parts: Any) -> str:
@@ -41,7 +45,8 @@ def actor_max_concurrency(max_concurrent_queries: int) -> int:
 
 
 def config_version(config: BackendConfig) -> str:
-    return content_hash({name: getattr(config, name) for name in IN_PLACE_FIELDS})
+    return content_hash({name: getattr(config, name) for name in IN_PLACE_FIELDS
+                         if name not in _COUNTED_WHEN_SET or getattr(config, name) is not None})
 
 
 def code_version_of(code_version: str | None, code_hash: str, init_hash: str,

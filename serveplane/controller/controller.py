@@ -11,6 +11,11 @@ Invariants:
   stops its loop; its RPCs raise ``StaleEpochError``.
 - recovery reads only live records (no tombstones, no history), so its time depends on
   the state that exists, not on how many calls made it.
+- state is loaded only if it authenticates under the state key (``kv_store/auth.py``). A
+  record or blob that does not is refused (never unpickled, never sent to a replica or a
+  router) and reported in ``get_status()["refused"]``; while a refused record is in the
+  store, nothing that might be its own is destroyed: no orphan sweep, no blob collection
+  at recovery (it may be state awaiting ``serveplane migrate-state``, or a lost key).
 """
 
 from __future__ import annotations
@@ -43,15 +48,17 @@ from serveplane.endpoint_state import EndpointRecord, EndpointState
 from serveplane.endpoint_state.state import validate_name
 from serveplane.exceptions import (
     BackendNotFoundError,
+    CorruptCheckpointError,
     DuplicateError,
     InUseError,
     InvalidConfigError,
     NotFoundError,
     StaleEpochError,
 )
-from serveplane.kv_store import RecordStore, open_store
+from serveplane.kv_store import RecordStore, StateKey, open_store
 from serveplane.long_poll import LongPollHost
 from serveplane.records import REPLICA_NAME_PREFIX, keys
+from serveplane.redact import redact_url
 from serveplane.rollout import FINAL, Rollout, RolloutState, validate_rollout
 
 logger = logging.getLogger(__name__)
@@ -86,15 +93,22 @@ def _check_json(tag: str, user_config: Any) -> None:
 class ServeController:
     """Run as a named, detached async Ray actor (see ``serveplane.api.start``).
 
-    ``wrapper_factory``, ``run_io``, ``run_ray`` and ``clock`` are seams for unit tests and
-    the simulator (fake replicas, inline I/O, a fake clock).
+    ``state_key`` authenticates everything it reads from and writes to the store (the driver
+    resolves it: ``serveplane.state_key``). ``wrapper_factory``, ``run_io``, ``run_ray`` and
+    ``clock`` are seams for unit tests and the simulator (fake replicas, inline I/O, a fake
+    clock).
     """
 
     def __init__(self, kv_url: str, namespace: str, http_options: dict[str, Any] | None = None,
                  wrapper_factory: Any = None, run_loop: bool = True,
                  run_io: IORunner | None = None, run_ray: IORunner | None = None,
                  clock: Callable[[], float] = time.monotonic, store: Any = None,
-                 actors: Any = None, wall_clock: Callable[[], float] = time.time) -> None:
+                 actors: Any = None, wall_clock: Callable[[], float] = time.time, *,
+                 state_key: StateKey | None = None) -> None:
+        if not isinstance(state_key, StateKey):
+            raise InvalidConfigError(
+                "the controller needs the state key (state_key=StateKey); serveplane.start() "
+                "resolves it from $SERVEPLANE_STATE_KEY or the key file")
         self._namespace = namespace
         self._kv_url = kv_url
         self._http_options = http_options
@@ -110,7 +124,7 @@ class ServeController:
         self._run_ray = run_ray
         self._actors: ActorDirectory = actors or RayActorDirectory(namespace)
         records = RecordStore(store if store is not None else open_store(kv_url),
-                              namespace=f"serveplane/{namespace}")
+                              namespace=f"serveplane/{namespace}", key=state_key)
         self._persistence = Persistence(records, records.acquire_epoch(), run_io)
         self._long_poll = LongPollHost()
         self._lock = asyncio.Lock()
@@ -160,7 +174,10 @@ class ServeController:
         """Rebuild memory from live records; find the replica actors they name. Runs in the
         constructor, before the event loop serves anything, so blocking here stalls no RPC."""
         store = self._store
-        records = store.read_all()
+        records = store.read_all(skip_refused=True)
+        refused = self._persistence.refused
+        for name, why in store.refused.items():
+            refused.record(name, store.key(name), why)
         if store.recovered_from_backup:
             self._checkpoint_warning = "; ".join(store.recovered_from_backup)
             logger.error("checkpoint was corrupt (%s); recovered the last good state from its backup",
@@ -180,16 +197,29 @@ class ServeController:
                 goals.append(Goal.from_payload(key, payload))
             elif name == FINISHED_RECORD:
                 finished = payload
+        for key, payload in list(endpoints.items()):
+            digest = payload.get("router_blob_hash")
+            if digest and digest not in self._router_blobs:
+                try:
+                    self._router_blobs[digest] = store.get_blob(digest)
+                except CorruptCheckpointError as exc:  # its router is never sent to a router
+                    refused.record(f"endpoint/{key}", store.key(f"endpoint/{key}"),
+                                   f"its custom router is refused: {exc}")
+                    del endpoints[key]
         self._endpoints.load_checkpoint(endpoints)
         for endpoint in self._endpoints.records().values():
             if endpoint.router_blob_hash:
-                self._router_blobs[endpoint.router_blob_hash] = store.get_blob(endpoint.router_blob_hash)
                 refs.apply((), (endpoint.router_blob_hash,))
         self._goals.load(goals, finished)
         self._rollouts.recovered()
-        unreferenced = store.blob_digests() - refs.referenced()
-        if unreferenced:  # left by a crash of the previous format; collect them now
-            store.write(self._epoch, {}, {digest: None for digest in unreferenced})
+        if refused.records:
+            logger.error("refused %d record(s) of the store; they are not loaded and nothing of "
+                         "theirs is destroyed until they are replaced or deleted: %s",
+                         len(refused.records), "; ".join(refused.records.values()))
+        else:
+            unreferenced = store.blob_digests() - refs.referenced()
+            if unreferenced:  # left by a crash of the previous format; collect them now
+                store.write(self._epoch, {}, {digest: None for digest in unreferenced})
         for state in self._backends:
             self._publish_backend(state.tag)
         for name in self._endpoints.names():
@@ -280,7 +310,10 @@ class ServeController:
     async def _sweep_orphans(self) -> int:
         """Kill replica actors of this namespace that no record names (left by a lost or
         reset store, or by ``shutdown``). Fenced: a stale controller kills nothing, so a
-        zombie never takes its successor's replicas for orphans."""
+        zombie never takes its successor's replicas for orphans. Held while a refused record
+        is in the store: its replicas are not known to be orphans."""
+        if self._persistence.refused.records and not self._shutting_down:
+            return 0
         try:
             names = await self._run_ray(self._actors.replica_names)
         except Exception:  # noqa: BLE001 - best effort, next period
@@ -696,7 +729,9 @@ class ServeController:
 
     async def get_status(self) -> dict[str, Any]:
         store = self._store
-        return {"epoch": self._epoch, "kv_store": self._kv_url,
+        return {"epoch": self._epoch, "kv_store": redact_url(self._kv_url),
+                "state_key": {"id": store.state_key.id, "source": store.state_key.source},
+                "refused": self._persistence.refused.report(),
                 "fencing": FENCING_ATOMIC if store.atomic else FENCING_GCS,
                 "stale": self._persistence.stale is not None,
                 "backends": {s.tag: s.status() for s in self._backends},
@@ -718,11 +753,14 @@ class ServeController:
             self._shutting_down = True
             if self._loop_task is not None:
                 self._loop_task.cancel()
+            # everything, refused records and blobs no loaded record names included
+            stored_blobs = await self._persistence.stored_blobs()
             change = Change(
                 records={**{f"backend/{s.tag}": None for s in self._backends},
                          **{f"endpoint/{n}": None for n in self._endpoints.names()},
-                         **{name: None for name in self._goals.all_names()}},
-                blobs={digest: None for digest in self._persistence.refs.referenced()})
+                         **{name: None for name in self._goals.all_names()},
+                         **{name: None for name in self._persistence.refused.records}},
+                blobs={digest: None for digest in self._persistence.refs.referenced() | stored_blobs})
             await self._persistence.write(change)
             for state in self._backends:
                 for replica in state.replicas:

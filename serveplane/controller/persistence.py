@@ -10,7 +10,9 @@ Invariants:
 - store I/O never runs on the controller's event loop: it goes through ``run_io`` (a
   one-thread executor in production, so writes keep their order; inline in the simulator);
 - a write refused for a stale epoch marks this controller stale for good: it never writes
-  or acts again.
+  or acts again;
+- a record or blob the store holds but that fails authentication (or is damaged) is never
+  returned: ``refused`` lists it for ``get_status()`` until a write replaces or deletes it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
-from serveplane.exceptions import StaleEpochError
+from serveplane.exceptions import CorruptCheckpointError, StaleEpochError
 from serveplane.kv_store import RecordStore
 
 logger = logging.getLogger(__name__)
@@ -90,6 +92,44 @@ class BlobRefs:
         return set(self._counts)
 
 
+class RefusedState:
+    """What the store holds but this controller refused to load: records (by name) and blobs
+    (by digest, the last ``MAX_BLOBS``), each with its store key and why."""
+
+    MAX_BLOBS = 100
+
+    def __init__(self) -> None:
+        self.records: dict[str, str] = {}
+        self._record_keys: dict[str, str] = {}
+        self._blobs: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"<RefusedState [records: {len(self.records)}, blobs: {len(self._blobs)}]>"
+
+    def record(self, name: str, key: str, why: str) -> None:
+        self.records[name] = why
+        self._record_keys[name] = key
+
+    def blob(self, digest: str, key: str, why: str) -> None:
+        self._blobs[digest] = (key, why)
+        self._blobs.move_to_end(digest)
+        while len(self._blobs) > self.MAX_BLOBS:
+            self._blobs.popitem(last=False)
+
+    def written(self, change: Change) -> None:
+        """``change`` is in the store: what it wrote or deleted is no longer refused."""
+        for name in change.records:
+            self.records.pop(name, None)
+            self._record_keys.pop(name, None)
+        for digest in change.blobs:
+            self._blobs.pop(digest, None)
+
+    def report(self) -> list[dict[str, str]]:
+        out = [{"key": self._record_keys[name], "error": why} for name, why in self.records.items()]
+        out += [{"key": key, "error": why} for key, why in self._blobs.values()]
+        return sorted(out, key=lambda entry: entry["key"])
+
+
 class Persistence:
     def __init__(self, store: RecordStore, epoch: int, run_io: IORunner) -> None:
         self.store = store
@@ -97,6 +137,7 @@ class Persistence:
         self._run_io = run_io
         self.stale: StaleEpochError | None = None
         self.refs = BlobRefs()
+        self.refused = RefusedState()
         self._cache: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._cache_bytes = 0
 
@@ -116,6 +157,7 @@ class Persistence:
         except StaleEpochError as exc:
             self._mark_stale(exc)
             raise
+        self.refused.written(change)
         for digest, data in change.blobs.items():
             if data is None:
                 self._forget(digest)
@@ -133,10 +175,19 @@ class Persistence:
             return False
         return True
 
+    async def stored_blobs(self) -> set[str]:
+        """Every blob digest in the store, named by a loaded record or not."""
+        return await self._run_io(self.store.blob_digests)
+
     async def blob(self, digest: str) -> bytes:
         data = self._cache.get(digest)
         if data is None:
-            data = await self._run_io(self.store.get_blob, digest)
+            try:
+                data = await self._run_io(self.store.get_blob, digest)
+            except CorruptCheckpointError as exc:
+                logger.error("refused blob %s: %s", digest, exc)
+                self.refused.blob(digest, self.store.blob_key(digest), str(exc))
+                raise
             self._remember(digest, data)
         else:
             self._cache.move_to_end(digest)

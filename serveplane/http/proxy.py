@@ -1,20 +1,37 @@
 """The HTTP proxy actor: routes come from the controller by long-poll.
 
-Invariants: no request can take the proxy down. A body over ``max_body_bytes`` gets 413
-before it is read whole; a user error gets 500 with an error id that is also logged; a
-request past ``request_timeout_s`` gets 504; back-pressure gets 503 with ``Retry-After``.
+Invariants: no request can take the proxy down, and none can make it hold unbounded memory.
+Checks run in this order, each answering with short JSON that says what to do:
+
+1. ``/-/healthz`` answers at once (no key, no limit);
+2. API keys (``HTTPOptions.api_keys`` / ``api_keys_file``): no valid ``Authorization:
+   Bearer <key>`` is 401 (``/-/routes`` and ``/-/metrics`` included);
+3. rate limit (``rate_limit_rps``, per key, or per client address without keys): 429 with
+   ``Retry-After``;
+4. admission: past ``max_concurrent_requests`` in flight, 503 with ``Retry-After``;
+5. routing: unknown path 404, wrong method 405, ``X-SERVE-CALL-METHOD`` naming a method the
+   backend does not expose over HTTP 404 (``serveplane/exposure.py``);
+6. the body: over ``max_body_bytes`` 413 (before it is read whole), not received within
+   ``body_read_timeout_s`` 408, no room left in ``max_buffered_body_bytes`` 503;
+7. the call: past ``request_timeout_s`` 504, back-pressure 503 with ``Retry-After``, any
+   other error 500 with an error id only (the exception is logged under that id;
+   ``debug_errors`` puts its message in the answer).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import math
+import os
 import uuid
 from typing import Any
 
 from serveplane.config import HTTPOptions
-from serveplane.exceptions import BackPressureError, NoReplicasError, RequestTimeoutError
+from serveplane.exceptions import BackPressureError, MethodNotExposedError, NoReplicasError, RequestTimeoutError
+from serveplane.exposure import check_name_over_http
+from serveplane.http.auth import ApiKeys, bearer_token
+from serveplane.http.limits import Admission, TokenBuckets
 from serveplane.http.request import HTTPRequest
 from serveplane.records import CONTROLLER_NAME, keys
 
@@ -23,6 +40,7 @@ logger = logging.getLogger("serveplane.http")
 HEADER_METHOD = "x-serve-call-method"
 HEADER_SHARD = "x-serve-shard-key"
 HEADER_SESSION = "x-serve-session-id"
+RETRY_AFTER_S = 1
 
 
 def match_route(routes: dict[str, tuple[str, tuple[str, ...]]], path: str) -> tuple[str, tuple[str, ...]] | None:
@@ -35,68 +53,213 @@ def match_route(routes: dict[str, tuple[str, tuple[str, ...]]], path: str) -> tu
     return best[1] if best else None
 
 
-def build_app(options: HTTPOptions, namespace: str, routes_ref: dict[str, Any]) -> Any:
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, PlainTextResponse, Response
+def _json(status: int, error: str, headers: dict[str, str] | None = None) -> Any:
+    from starlette.responses import JSONResponse
 
-    from serveplane.router import get_handle
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
-    async def serve(request: Request) -> Response:
-        path = request.url.path
-        if path == "/-/healthz":
+
+_RETRY = {"Retry-After": str(RETRY_AFTER_S)}
+
+
+class _BodyRefused(Exception):
+    def __init__(self, response: Any) -> None:
+        self.response = response
+
+
+class ProxyApp:
+    """The ASGI app (every path goes to ``serve``: routes are dynamic) and its counters."""
+
+    def __init__(self, options: HTTPOptions, namespace: str, routes_ref: dict[str, Any]) -> None:
+        self.options = options
+        self.namespace = namespace
+        self.routes_ref = routes_ref
+        self.keys = ApiKeys([k.get_secret_value() for k in options.api_keys]
+                            if options.api_keys is not None else None, options.api_keys_file)
+        self.buckets = (TokenBuckets(options.rate_limit_rps, options.burst)
+                        if options.rate_limit_rps is not None else None)
+        self.admission = Admission(options.max_concurrent_requests, options.buffered_body_budget)
+        self.answered: dict[int, int] = {}
+
+    def __repr__(self) -> str:
+        return f"<ProxyApp {self.namespace!r} {self.admission!r} answered={self.answered}>"
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        from starlette.requests import Request
+
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        response = await self.serve(Request(scope, receive))
+        self.answered[response.status_code] = self.answered.get(response.status_code, 0) + 1
+        await response(scope, receive, send)
+
+    async def serve(self, request: Any) -> Any:
+        from starlette.responses import PlainTextResponse
+
+        if request.url.path == "/-/healthz":
             return PlainTextResponse("ok")
+        caller = self.keys.match(bearer_token(request.headers.get("authorization"))) if self.keys.enabled else None
+        if self.keys.enabled and caller is None:
+            return _json(401, "missing or invalid API key; send the header Authorization: Bearer <key>",
+                         {"WWW-Authenticate": "Bearer"})
+        if self.buckets is not None:
+            bucket = caller or f"address:{request.client.host if request.client else 'unknown'}"
+            wait = self.buckets.take(bucket)
+            if wait > 0:
+                retry = max(1, math.ceil(wait))
+                return _json(429, f"rate limit of {self.options.rate_limit_rps:g} requests/s exceeded; "
+                                  f"retry after {retry}s", {"Retry-After": str(retry)})
+        if not self.admission.enter():
+            return _json(503, f"the proxy is at max_concurrent_requests={self.admission.max_in_flight}; "
+                              f"retry after {RETRY_AFTER_S}s", _RETRY)
+        reserved = [0]
+        try:
+            return await self._routed(request, reserved)
+        except _BodyRefused as refused:
+            return refused.response
+        except Exception as exc:  # noqa: BLE001 - never a traceback to the client
+            return self._internal_error(None, exc)
+        finally:
+            self.admission.release(reserved[0])
+            self.admission.leave()
+
+    async def _routed(self, request: Any, reserved: list[int]) -> Any:
+        from starlette.responses import JSONResponse
+
+        path = request.url.path
         if path == "/-/routes":
             return JSONResponse({r: {"endpoint": e, "methods": list(m)}
-                                 for r, (e, m) in routes_ref["routes"].items()})
+                                 for r, (e, m) in self.routes_ref["routes"].items()})
         if path == "/-/metrics":
-            return await _metrics(namespace)
-        target = match_route(routes_ref["routes"], path)
+            return await _metrics(self.namespace)
+        target = match_route(self.routes_ref["routes"], path)
         if target is None:
-            return JSONResponse({"error": f"no endpoint serves path {path!r}"}, status_code=404)
+            return _json(404, f"no endpoint serves path {path[:200]!r}; GET /-/routes lists them")
         endpoint, methods = target
         if request.method not in methods:
-            return JSONResponse({"error": f"method {request.method} is not allowed for {path!r}; "
-                                          f"allowed: {', '.join(methods)}"},
+            return JSONResponse({"error": f"method {request.method[:32]} is not allowed for "
+                                          f"{path[:200]!r}; allowed: {', '.join(methods)}"},
                                 status_code=405, headers={"Allow": ", ".join(methods)})
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > options.max_body_bytes:
-            return JSONResponse({"error": f"body of {length} bytes exceeds max_body_bytes="
-                                          f"{options.max_body_bytes}"}, status_code=413)
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > options.max_body_bytes:
-                return JSONResponse({"error": f"body exceeds max_body_bytes={options.max_body_bytes}"},
-                                    status_code=413)
-            chunks.append(chunk)
+        method_name = request.headers.get(HEADER_METHOD) or None
+        if method_name is not None:
+            try:
+                check_name_over_http(method_name)
+            except MethodNotExposedError as exc:
+                return _json(404, str(exc))
+        body = await self._read_body(request, reserved)
         http_request = HTTPRequest(method=request.method, path=path,
                                    query_params=dict(request.query_params),
                                    headers={k.lower(): v for k, v in request.headers.items()},
-                                   body=b"".join(chunks))
-        handle = get_handle(endpoint, CONTROLLER_NAME, namespace)
-        opts: dict[str, Any] = {"timeout_s": options.request_timeout_s}
-        if request.headers.get(HEADER_METHOD):
-            opts["method_name"] = request.headers[HEADER_METHOD]
+                                   body=body)
+        del body
+        opts: dict[str, Any] = {"timeout_s": self.options.request_timeout_s, "http": True}
+        if method_name is not None:
+            opts["method_name"] = method_name
         if request.headers.get(HEADER_SHARD):
             opts["shard_key"] = request.headers[HEADER_SHARD]
         if request.headers.get(HEADER_SESSION):
             opts["session_id"] = request.headers[HEADER_SESSION]
         try:
+            handle = self._handle(endpoint)
             result = await asyncio.wait_for(handle.options(**opts).remote(http_request),
-                                            timeout=options.request_timeout_s)
+                                            timeout=self.options.request_timeout_s)
         except (asyncio.TimeoutError, RequestTimeoutError, NoReplicasError):
-            return JSONResponse({"error": f"request to endpoint {endpoint!r} timed out after "
-                                          f"{options.request_timeout_s:g}s"}, status_code=504)
-        except BackPressureError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+            return _json(504, f"request to endpoint {endpoint!r} timed out after "
+                              f"{self.options.request_timeout_s:g}s")
+        except BackPressureError:
+            return _json(503, f"endpoint {endpoint!r} is at capacity; retry after {RETRY_AFTER_S}s",
+                         _RETRY)
+        except MethodNotExposedError as exc:
+            return _json(404, str(getattr(exc, "cause", None) or exc).strip().splitlines()[-1])
         except Exception as exc:  # noqa: BLE001 - user code failed: 500 with an id
-            error_id = uuid.uuid4().hex[:12]
-            logger.error("error %s in endpoint %r: %s", error_id, endpoint, exc)
-            return JSONResponse({"error": f"{type(exc).__name__}: {str(exc).splitlines()[-1] if str(exc) else ''}",
-                                 "error_id": error_id}, status_code=500)
+            return self._internal_error(endpoint, exc)
         return to_response(result)
 
-    return _Mounted(serve)
+    def _handle(self, endpoint: str) -> Any:
+        from serveplane.router import get_handle
+
+        return get_handle(endpoint, CONTROLLER_NAME, self.namespace)
+
+    async def _read_body(self, request: Any, reserved: list[int]) -> bytes:
+        """The whole body within the bounds (see the module docstring), or ``_BodyRefused``."""
+        limit = self.options.max_body_bytes
+        length = request.headers.get("content-length")
+        declared = int(length) if length is not None and length.isdigit() else None
+        if declared is not None and declared > limit:
+            raise _BodyRefused(_json(413, f"body of {declared} bytes exceeds max_body_bytes={limit}"))
+        if declared and not self._reserve(declared, reserved):
+            raise _BodyRefused(self._no_room())
+        chunks: list[bytes] = []
+
+        async def read() -> None:
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _BodyRefused(_json(413, f"body exceeds max_body_bytes={limit}"))
+                if size > reserved[0] and not self._reserve(size - reserved[0], reserved):
+                    raise _BodyRefused(self._no_room())
+                chunks.append(chunk)
+
+        try:
+            await asyncio.wait_for(read(), timeout=self.options.body_read_timeout_s)
+        except asyncio.TimeoutError:
+            raise _BodyRefused(_json(408, f"request body not received within body_read_timeout_s="
+                                          f"{self.options.body_read_timeout_s:g}s; send it faster or "
+                                          "in a smaller request", {"Connection": "close"})) from None
+        return b"".join(chunks)
+
+    def _reserve(self, n: int, reserved: list[int]) -> bool:
+        if not self.admission.reserve(n):
+            return False
+        reserved[0] += n
+        return True
+
+    def _no_room(self) -> Any:
+        return _json(503, f"the proxy holds max_buffered_body_bytes={self.admission.max_buffered_bytes} of "
+                          f"request bodies; retry after {RETRY_AFTER_S}s", _RETRY)
+
+    def _internal_error(self, endpoint: str | None, exc: BaseException) -> Any:
+        from starlette.responses import JSONResponse
+
+        error_id = uuid.uuid4().hex[:12]
+        cause = getattr(exc, "cause", None) or exc
+        text = str(cause).strip()
+        where = f"endpoint {endpoint!r}" if endpoint else "the proxy"
+        logger.error("error %s in %s: %s: %s", error_id, where, type(cause).__name__, text,
+                     exc_info=endpoint is None)
+        body = {"error": f"internal error; the server logged it as error {error_id}", "error_id": error_id}
+        if self.options.debug_errors:
+            body["detail"] = f"{type(cause).__name__}: {text.splitlines()[-1] if text else ''}"
+        return JSONResponse(body, status_code=500)
+
+    def statistics(self) -> dict[str, Any]:
+        return {**self.admission.statistics(), "answered": dict(sorted(self.answered.items())),
+                "pid": os.getpid(), "rss_bytes": _rss_bytes(), "peak_rss_bytes": _rss_bytes("VmHWM")}
+
+
+def _rss_bytes(field: str = "VmRSS") -> int | None:
+    """This process's resident memory (Linux ``/proc``; None elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def build_app(options: HTTPOptions, namespace: str, routes_ref: dict[str, Any]) -> ProxyApp:
+    return ProxyApp(options, namespace, routes_ref)
 
 
 def to_response(result: Any) -> Any:
@@ -137,29 +300,6 @@ async def _metrics(namespace: str) -> Any:
                              media_type="text/plain; version=0.0.4")
 
 
-class _Mounted:
-    """A minimal ASGI app: every path goes to ``serve`` (routes are dynamic)."""
-
-    def __init__(self, serve: Any) -> None:
-        self._serve = serve
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        from starlette.requests import Request
-
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] != "http":
-            return
-        response = await self._serve(Request(scope, receive))
-        await response(scope, receive, send)
-
-
 class HTTPProxyActor:
     """Run with ``ray.remote``; serves until killed."""
 
@@ -168,6 +308,7 @@ class HTTPProxyActor:
         self._namespace = namespace
         self._routes: dict[str, Any] = {"routes": {}}
         self._server: Any = None
+        self._app: ProxyApp | None = None
         self._task: asyncio.Task | None = None
         self._ready = asyncio.Event()
         self._start()
@@ -179,8 +320,8 @@ class HTTPProxyActor:
 
         client = LongPollClient.get_or_create(CONTROLLER_NAME, self._namespace)
         client.subscribe(keys.ROUTES, self._on_routes)
-        app = build_app(self._options, self._namespace, self._routes)
-        config = uvicorn.Config(app, host=self._options.host, port=self._options.port,
+        self._app = build_app(self._options, self._namespace, self._routes)
+        config = uvicorn.Config(self._app, host=self._options.host, port=self._options.port,
                                 log_level="warning", access_log=False, lifespan="off")
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
@@ -207,3 +348,7 @@ class HTTPProxyActor:
 
     async def routes(self) -> dict[str, Any]:
         return dict(self._routes["routes"])
+
+    async def statistics(self) -> dict[str, Any]:
+        """In flight, bodies held, their peaks, answers by status, pid and resident memory."""
+        return self._app.statistics() if self._app is not None else {}

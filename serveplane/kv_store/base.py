@@ -10,7 +10,9 @@ Invariants every store keeps (the conformance suite in ``tests/integration/kv`` 
   ever sees part of it;
 - keys and values are validated before anything is sent: a bad one changes nothing;
 - a failure of the backing service raises ``KVStoreUnavailableError`` naming the store's URL
-  and the operation; callers never see a bare socket, sqlite or GCS error;
+  (credentials redacted) and the operation; callers never see a bare socket, sqlite or GCS
+  error;
+- ``repr`` never shows a credential of the URL (``serveplane.redact``);
 - a store pickles as its URL, so any process (a Ray actor, a spawned child) re-opens the same
   store; ``open_store(url)`` works in any process.
 """
@@ -87,8 +89,11 @@ def transaction_name(checks: Changes, writes: Changes) -> str:
 
 def open_store(url: str) -> KVStore:
     """Open the store a URL names; see ``SCHEMES``. A bad URL raises ``InvalidConfigError``."""
+    from serveplane.redact import redact_url
+
     if not isinstance(url, str):
-        raise InvalidConfigError(f"kv store url {url!r} is not a string; use one of {', '.join(SCHEMES)}")
+        raise InvalidConfigError(
+            f"kv store url of type {type(url).__name__} is not a string; use one of {', '.join(SCHEMES)}")
     if url.startswith("memory://"):
         from serveplane.kv_store.memory import MemoryKVStore
 
@@ -105,4 +110,5 @@ def open_store(url: str) -> KVStore:
         from serveplane.kv_store.redis_kv import RedisKVStore
 
         return RedisKVStore(url)
-    raise InvalidConfigError(f"kv store url {url!r} has an unknown scheme; use one of {', '.join(SCHEMES)}")
+    raise InvalidConfigError(
+        f"kv store url {redact_url(url)!r} has an unknown scheme; use one of {', '.join(SCHEMES)}")

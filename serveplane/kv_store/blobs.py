@@ -1,8 +1,13 @@
-"""Content-addressed blobs (user code, routers) under ``<ns>/blob/<sha256 hex>``.
+"""Content-addressed, authenticated blobs (user code, routers) under ``<ns>/blob/<sha256 hex>``.
+
+A stored blob is ``b"SPB\\x02"``, then the state key's HMAC-SHA256 (32 bytes) over the tag
+``serveplane/blob/v2``, the namespace and the digest, then the blob's bytes.
 
 Invariants: a blob's key names the SHA-256 of its bytes, so writing one needs no fence (any
-writer writes the same bytes) and reading one verifies it; a missing or damaged blob raises
-``CorruptCheckpointError`` naming its key and is never returned.
+writer writes the same bytes) and reading one verifies it; its MAC says a holder of the state
+key stored that digest in this namespace, so a blob planted by anyone else (the previous,
+unsealed format included) is refused. A missing, damaged or unauthenticated blob raises
+``CorruptCheckpointError`` naming its key and is never returned, so never unpickled.
 """
 
 from __future__ import annotations
@@ -10,10 +15,14 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Mapping
 
-from serveplane.exceptions import CorruptCheckpointError, InvalidInputError
+from serveplane.exceptions import CorruptCheckpointError, InvalidInputError, StateAuthenticationError
+from serveplane.kv_store.auth import MAC_BYTES, StateKey
 from serveplane.kv_store.base import Changes, KVStore
 
 _HEX = frozenset("0123456789abcdef")
+MAGIC = b"SPB\x02"
+_TAG = b"serveplane/blob/v2"
+HEADER_BYTES = len(MAGIC) + MAC_BYTES
 
 
 def blob_digest(data: bytes) -> str:
@@ -21,35 +30,59 @@ def blob_digest(data: bytes) -> str:
 
 
 class Blobs:
-    def __init__(self, store: KVStore, namespace: str) -> None:
+    def __init__(self, store: KVStore, namespace: str, key: StateKey) -> None:
         self.store = store
+        self.namespace = namespace
         self.prefix = f"{namespace}/blob/"
+        self._key = key
 
     def __repr__(self) -> str:
-        return f"<Blobs {self.prefix!r} on {self.store.url}>"
+        from serveplane.redact import redact_url
+
+        return f"<Blobs {self.prefix!r} on {redact_url(self.store.url)} under {self._key.describe()}>"
 
     def key(self, digest: str) -> str:
         return self.prefix + digest
+
+    def seal(self, digest: str, data: bytes) -> bytes:
+        """What the store holds for blob ``digest`` with these bytes."""
+        return MAGIC + self._key.mac(_TAG, self.namespace.encode(), digest.encode()) + data
+
+    def open(self, digest: str, stored: bytes) -> bytes:
+        """The blob's bytes from what the store holds, verified; else ``CorruptCheckpointError``."""
+        key = self.key(digest)
+        if not stored.startswith(MAGIC) or len(stored) < HEADER_BYTES:
+            raise StateAuthenticationError(
+                f"blob {key!r} fails authentication: it carries no MAC (written by the previous, "
+                "unauthenticated format, or by something that does not hold the state key); run "
+                "`serveplane migrate-state` once if this namespace predates authenticated state; "
+                "refusing to load it")
+        mac, data = stored[len(MAGIC):HEADER_BYTES], stored[HEADER_BYTES:]
+        if not self._key.verify(mac, _TAG, self.namespace.encode(), digest.encode()):
+            raise StateAuthenticationError(
+                f"blob {key!r} fails authentication under {self._key.describe()}: it was stored by "
+                "something that does not hold that key, or under another key; refusing to load it")
+        if blob_digest(data) != digest:
+            raise CorruptCheckpointError(f"blob {key!r} fails its content hash; refusing to load it")
+        return data
 
     def put(self, data: bytes) -> str:
         """Store ``data`` once under its digest (put-if-absent) and return the digest."""
         data = bytes(data)
         digest = blob_digest(data)
-        key = self.key(digest)
-        if not self.store.compare_and_set(key, None, data):
+        key, sealed = self.key(digest), self.seal(digest, data)
+        if not self.store.compare_and_set(key, None, sealed):
             existing = self.store.get(key)
-            if existing != data:  # a damaged copy: the content hash says what it must be
-                self.store.compare_and_set(key, existing, data)
+            if existing != sealed:  # a damaged or planted copy: the content hash says what it must be
+                self.store.compare_and_set(key, existing, sealed)
         return digest
 
     def get(self, digest: str) -> bytes:
         key = self.key(digest)
-        data = self.store.get(key)
-        if data is None:
+        stored = self.store.get(key)
+        if stored is None:
             raise CorruptCheckpointError(f"blob {key!r} named by the checkpoint is missing")
-        if blob_digest(data) != digest:
-            raise CorruptCheckpointError(f"blob {key!r} fails its content hash; refusing to load it")
-        return data
+        return self.open(digest, stored)
 
     def digests(self) -> set[str]:
         return {key[len(self.prefix):] for key in self.store.list(self.prefix)}
@@ -65,6 +98,7 @@ class Blobs:
                     raise InvalidInputError(
                         f"blob {digest[:12]}... does not hash to its name (its bytes hash to "
                         f"{blob_digest(data)[:12]}...); name each blob by the sha256 hex of its bytes")
+                data = self.seal(digest, data)
             out[self.key(digest)] = data
         return out
 

@@ -1,7 +1,8 @@
 """The undo log: how a multi-key change stays all-or-nothing on a store whose ``transact`` is
 not atomic (``atomic_transactions`` false: the Ray GCS KV).
 
-``<ns>/txn`` holds at most one change: a checkpoint-codec document (so checksummed) whose
+``<ns>/txn`` holds at most one change: a checkpoint-codec document (so authenticated under
+the state key, as the record named ``txn``: a forged log is refused, never replayed) whose
 epoch is the writer's and whose payload is ``{"before": {key: value}, "after": {key: value}}``
 (values base64, or null for "absent"). A writer puts it before the change's first key and
 deletes it after the last, so while it exists it names every key of a change that may be
@@ -23,7 +24,7 @@ from typing import Any
 
 from serveplane.exceptions import CorruptCheckpointError
 from serveplane.kv_store.base import Changes, KVStore
-from serveplane.kv_store.codec import decode_checkpoint, encode_checkpoint
+from serveplane.kv_store.codec import RecordCodec
 
 
 def _encode(values: Changes) -> dict[str, str | None]:
@@ -31,19 +32,25 @@ def _encode(values: Changes) -> dict[str, str | None]:
             for key, value in values.items()}
 
 
+LOG_NAME = "txn"
+
+
 class ChangeLog:
-    def __init__(self, store: KVStore, namespace: str) -> None:
+    def __init__(self, store: KVStore, codec: RecordCodec) -> None:
         self.store = store
-        self.namespace = namespace
-        self.key = f"{namespace}/txn"
-        self._blob_prefix = f"{namespace}/blob/"
+        self.namespace = codec.namespace
+        self.key = f"{self.namespace}/{LOG_NAME}"
+        self._codec = codec
+        self._blob_prefix = f"{self.namespace}/blob/"
 
     def __repr__(self) -> str:
-        return f"<ChangeLog {self.key!r} on {self.store.url}>"
+        from serveplane.redact import redact_url
+
+        return f"<ChangeLog {self.key!r} on {redact_url(self.store.url)}>"
 
     def write(self, epoch: int, before: Changes, after: Changes) -> None:
-        self.store.put(self.key, encode_checkpoint({"before": _encode(before), "after": _encode(after)},
-                                                   epoch))
+        self.store.put(self.key, self._codec.encode(
+            LOG_NAME, {"before": _encode(before), "after": _encode(after)}, epoch))
 
     def read(self) -> tuple[int, Changes, Changes] | None:
         """``(epoch, before, after)`` of the logged change, or ``None`` when none is logged; a
@@ -52,9 +59,9 @@ class ChangeLog:
         if raw is None:
             return None
         try:
-            epoch, payload = decode_checkpoint(self.key, raw)
+            epoch, payload = self._codec.decode(LOG_NAME, raw, self.key)
         except CorruptCheckpointError as exc:
-            raise self._corrupt(f"is damaged ({exc})") from None
+            raise self._corrupt(f"is damaged ({exc})", type(exc)) from None
         before, after = self._decode(payload.get("before")), self._decode(payload.get("after"))
         if set(before) != set(after):
             raise self._corrupt("names different keys before and after")
@@ -84,7 +91,8 @@ class ChangeLog:
                 raise self._corrupt(f"holds a value for {key!r} that is not base64") from None
         return out
 
-    def _corrupt(self, what: str) -> CorruptCheckpointError:
-        return CorruptCheckpointError(
+    def _corrupt(self, what: str, kind: type[CorruptCheckpointError] = CorruptCheckpointError
+                 ) -> CorruptCheckpointError:
+        return kind(
             f"change log {self.key!r} {what}; the change it describes cannot be rolled back. "
             f"Delete {self.key!r} to start without it, then check the records it names")

@@ -1,12 +1,13 @@
-"""The checkpoint: one fenced, checksummed record per backend, endpoint and goal.
+"""The checkpoint: one fenced, authenticated record per backend, endpoint and goal.
 
 Keys, for a namespace ``ns``:
 
 - ``ns/records/<name>``: a record (``backend/x``, ``endpoint/y``, ``goal/z``), encoded by the
-  codec as ``{"record": ...}`` with the writer's epoch; ``ns/backup/<name>``: its copy, read
-  only when the primary is corrupt. (A separate prefix, not a ``.backup`` suffix, so that no
-  record name can collide with another record's copy.)
-- ``ns/blob/<sha256>``: content-addressed blobs (``blobs.py``).
+  codec as ``{"record": ...}`` with the writer's epoch and a MAC under the state key over the
+  namespace, the name and the content; ``ns/backup/<name>``: its copy, read only when the
+  primary is corrupt or fails authentication. (A separate prefix, not a ``.backup`` suffix,
+  so that no record name can collide with another record's copy.)
+- ``ns/blob/<sha256>``: content-addressed, authenticated blobs (``blobs.py``).
 - ``ns/epochs/<epoch>`` and ``ns/epoch``: epoch claims (``epochs.py``).
 - ``ns/txn``: the undo log, on stores without atomic transactions only (``change_log.py``).
 
@@ -21,7 +22,13 @@ Invariants:
   not in the record, so no tombstone is needed, and the keys in a namespace are only its live
   records (twice), live blobs and one claim per controller start.
 - **Nothing half loaded.** ``read_all`` returns every record or raises
-  ``CorruptCheckpointError`` naming the key whose primary and copy are both unreadable.
+  ``CorruptCheckpointError`` naming the key whose primary and copy are both unreadable;
+  ``read_all(skip_refused=True)`` (the controller's recovery) leaves such records out and
+  lists them in ``refused``, so they can be reported, never trusted.
+- **Only key holders write state that loads.** Records, the undo log and blobs are
+  authenticated under the state key (``auth.py``), which the store never holds: whoever can
+  write the store but does not hold the key can delete or replay what a key holder wrote,
+  never add or change a record or blob that loads.
 
 On a store whose ``transact`` is not atomic (the Ray GCS KV; see ``ray_kv.py``) the same
 ``write`` first logs the change in ``ns/txn`` with what each key held before, applies it key
@@ -44,11 +51,13 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from serveplane.exceptions import CorruptCheckpointError, InvalidInputError, StaleEpochError
+from serveplane.kv_store.auth import StateKey
 from serveplane.kv_store.base import Changes, KVStore
 from serveplane.kv_store.blobs import Blobs
-from serveplane.kv_store.codec import decode_checkpoint, encode_checkpoint
-from serveplane.kv_store.epochs import EpochClaims
 from serveplane.kv_store.change_log import ChangeLog
+from serveplane.kv_store.codec import RecordCodec
+from serveplane.kv_store.epochs import EpochClaims
+from serveplane.redact import redact_url
 
 __all__ = ["RecordStore"]
 
@@ -57,23 +66,28 @@ class RecordStore:
     """Records, blobs and epochs of one namespace on one ``KVStore`` (see the module docstring).
 
     ``recovered_from_backup`` lists, for the last ``read_all``, why each record that was
-    served from its copy had an unreadable primary.
+    served from its copy had an unreadable primary; ``refused`` maps each record left out by
+    the last ``read_all(skip_refused=True)`` to why.
     """
 
-    def __init__(self, store: KVStore, namespace: str = "serveplane") -> None:
+    def __init__(self, store: KVStore, namespace: str = "serveplane", *, key: StateKey) -> None:
         self.store = store
         self.namespace = namespace
+        self.state_key = key
         self.atomic: bool = store.atomic_transactions
         self.recovered_from_backup: list[str] = []
+        self.refused: dict[str, str] = {}
         self._prefix = f"{namespace}/records/"
         self._backup_prefix = f"{namespace}/backup/"
+        self._codec = RecordCodec(key, namespace)
         self._epochs = EpochClaims(store, namespace)
-        self._blobs = Blobs(store, namespace)
-        self._log = ChangeLog(store, namespace)
+        self._blobs = Blobs(store, namespace, key)
+        self._log = ChangeLog(store, self._codec)
 
     def __repr__(self) -> str:
         mode = "atomic" if self.atomic else "undo-logged"
-        return f"<RecordStore {self.namespace!r} on {self.store.url} [{mode} writes]>"
+        return (f"<RecordStore {self.namespace!r} on {redact_url(self.store.url)} [{mode} writes, "
+                f"{self.state_key.describe()}]>")
 
     def key(self, name: str) -> str:
         return self._prefix + name
@@ -128,7 +142,7 @@ class RecordStore:
                 raise InvalidInputError(
                     f"record {name!r} is a {type(record).__name__}; a record is a dict of JSON "
                     "values (None deletes it)")
-            data = None if record is None else encode_checkpoint({"record": record}, epoch)
+            data = None if record is None else self._codec.encode(name, {"record": record}, epoch)
             writes[self.key(name)] = writes[self.backup_key(name)] = data
         return writes
 
@@ -173,17 +187,27 @@ class RecordStore:
         return True
 
     # -- reads -----------------------------------------------------------------------------
-    def read_all(self) -> dict[str, dict[str, Any]]:
-        """Every live record by name. A corrupt primary is served from its copy (and noted in
-        ``recovered_from_backup``); both unreadable raises, naming the primary's key."""
+    def read_all(self, skip_refused: bool = False) -> dict[str, dict[str, Any]]:
+        """Every live record by name. A corrupt or unauthenticated primary is served from its
+        copy (and noted in ``recovered_from_backup``); both unreadable raises, naming the
+        primary's key, or with ``skip_refused`` leaves the record out and notes it in
+        ``refused``."""
         self.recovered_from_backup = []
+        self.refused = {}
         out = {}
         for key in self.store.list(self._prefix):
             data = self.store.get(key)
             if data is None:
                 continue  # deleted since the listing
             name = key[len(self._prefix):]
-            record = self._decode(name, data).get("record")
+            try:
+                payload = self._decode(name, data)
+            except CorruptCheckpointError as exc:
+                if not skip_refused:
+                    raise
+                self.refused[name] = str(exc)
+                continue
+            record = payload.get("record")
             if record is not None:  # only an older layout wrote null records (tombstones)
                 out[name] = record
         return out
@@ -191,14 +215,14 @@ class RecordStore:
     def _decode(self, name: str, data: bytes) -> dict[str, Any]:
         key = self.key(name)
         try:
-            return decode_checkpoint(key, data)[1]
+            return self._codec.decode(name, data, key)[1]
         except CorruptCheckpointError as primary_error:
             backup_key = self.backup_key(name)
             backup = self.store.get(backup_key)
             if backup is None:
                 raise
             try:
-                payload = decode_checkpoint(backup_key, backup)[1]
+                payload = self._codec.decode(name, backup, backup_key)[1]
             except CorruptCheckpointError:
                 raise primary_error from None
             self.recovered_from_backup.append(str(primary_error))
@@ -212,6 +236,9 @@ class RecordStore:
     def put_blob(self, data: bytes) -> str:
         """Store ``data`` under its SHA-256 (once, no fence needed) and return the hex digest."""
         return self._blobs.put(data)
+
+    def blob_key(self, digest: str) -> str:
+        return self._blobs.key(digest)
 
     def get_blob(self, digest: str) -> bytes:
         """The blob with this digest; missing or damaged raises ``CorruptCheckpointError``."""

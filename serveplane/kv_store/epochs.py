@@ -32,7 +32,9 @@ class EpochClaims:
         self.epoch_key = f"{namespace}/epoch"
 
     def __repr__(self) -> str:
-        return f"<EpochClaims {self.namespace!r} on {self.store.url}>"
+        from serveplane.redact import redact_url
+
+        return f"<EpochClaims {self.namespace!r} on {redact_url(self.store.url)}>"
 
     def claim_key(self, epoch: int) -> str:
         return f"{self.prefix}{epoch:0{_DIGITS}d}"

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from serveplane.exceptions import InvalidConfigError, KVStoreUnavailableError
 from serveplane.kv_store.base import Changes, check_changes, check_key, check_value, transaction_name
+from serveplane.redact import redact_url
 
 T = TypeVar("T")
 
@@ -57,11 +58,11 @@ def _check_url(url: str) -> None:
         parts.port  # noqa: B018 - raises ValueError on a non-numeric port
     except ValueError:
         raise InvalidConfigError(
-            f"kv store url {url!r} has a bad port; use redis://host:port/db") from None
+            f"kv store url {redact_url(url)!r} has a bad port; use redis://host:port/db") from None
     db = parts.path.lstrip("/")
     if db and not db.isdigit():
         raise InvalidConfigError(
-            f"kv store url {url!r} names database {db!r}; the database must be a number "
+            f"kv store url {redact_url(url)!r} names database {db!r}; the database must be a number "
             "(redis://host:port/0)")
 
 
@@ -75,7 +76,8 @@ class RedisKVStore:
             from redis.backoff import NoBackoff
             from redis.retry import Retry
         except ImportError:  # pragma: no cover - redis ships with the test extra
-            raise InvalidConfigError(f"kv store url {url!r} needs the 'redis' package; pip install redis") from None
+            raise InvalidConfigError(
+                f"kv store url {redact_url(url)!r} needs the 'redis' package; pip install redis") from None
         self.url = url
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         self._client: Any = redis.Redis.from_url(
@@ -87,7 +89,7 @@ class RedisKVStore:
         return (type(self), (self.url,))
 
     def __repr__(self) -> str:
-        return f"<RedisKVStore {self.url}>"
+        return f"<RedisKVStore {redact_url(self.url)}>"
 
     def _run(self, operation: str, fn: Callable[[], T]) -> T:
         try:

@@ -12,13 +12,18 @@ Invariants:
   one can win, and a transaction commits whole or (on a mismatch, an error or a crash) not at
   all: ``atomic_transactions`` is true;
 - a lock held past the busy timeout, a missing directory or an unwritable file raises
-  ``KVStoreUnavailableError`` naming the URL and the operation.
+  ``KVStoreUnavailableError`` naming the URL and the operation;
+- a database file this store creates is created 0600 (its WAL and shared-memory files
+  follow: SQLite gives them the database's mode), so other users of the machine can neither
+  read the state nor write it. An existing file keeps its mode; a looser one is logged.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
+import stat
 import threading
 from typing import Any, Callable, Mapping, TypeVar
 
@@ -26,6 +31,8 @@ from serveplane.exceptions import InvalidConfigError, KVStoreUnavailableError
 from serveplane.kv_store.base import Changes, check_changes, check_key, check_value, transaction_name
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S = 10.0
 
@@ -52,6 +59,7 @@ class SQLiteKVStore:
         self._local = threading.local()
         self._all_lock = threading.Lock()
         self._all: list[tuple[int, sqlite3.Connection]] = []  # (pid, conn) of every thread, for close()
+        self._create_private()
         self._conn()  # fail fast on an unusable path
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -59,6 +67,24 @@ class SQLiteKVStore:
 
     def __repr__(self) -> str:
         return f"<SQLiteKVStore {self.url} [connections: {len(self._all)}]>"
+
+    def _create_private(self) -> None:
+        """Create the database file 0600 before SQLite does (it would use the umask)."""
+        if self.path == ":memory:" or self.path.startswith("file:"):
+            return
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            mode = stat.S_IMODE(os.stat(self.path).st_mode)
+            if mode & 0o077:
+                logger.warning("state database %s is open to group or others (mode %04o); "
+                               "chmod 600 it", self.path, mode)
+            return
+        except OSError as exc:  # a missing folder: reported by the first connection
+            if not os.path.isdir(os.path.dirname(os.path.abspath(self.path))):
+                return
+            raise KVStoreUnavailableError(self.url, "create", exc) from None
+        os.close(fd)
 
     def _conn(self, operation: str = "open") -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

@@ -7,6 +7,8 @@ Invariants:
   them (up to the graceful timeout) before the controller kills the actor.
 - Sync user methods run in a thread pool so that ``max_concurrent_queries`` means what it
   says and a slow sync call does not stall control calls (health, metrics, drain).
+- A request from the HTTP proxy (``meta.http``) reaches only the methods the backend exposes
+  over HTTP (``serveplane/exposure.py``); anything else is ``MethodNotExposedError`` (404).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import cloudpickle
 
 from serveplane.config import BackendConfig
 from serveplane.context import current_request, current_session_id
+from serveplane.exposure import check_name_over_http, exposed_over_http, not_exposed
 from serveplane.records import RequestMetadata
 from serveplane.replica.batching import Batcher
 from serveplane.replica.metrics import ReplicaMetrics
@@ -139,9 +142,13 @@ class ReplicaActor:
         return self._metrics.snapshot(draining=self._draining)
 
     # -- data ------------------------------------------------------------------
-    def _resolve(self, method_name: str) -> Callable[..., Any]:
+    def _resolve(self, method_name: str, http: bool = False) -> Callable[..., Any]:
+        if http:
+            check_name_over_http(method_name)
         if self._is_function:
             if method_name not in ("__call__", "", None):
+                if http:
+                    raise not_exposed(method_name)
                 raise AttributeError(
                     f"backend {self._backend!r} is a function; it has no method {method_name!r}")
             return self._callable
@@ -151,7 +158,11 @@ class ReplicaActor:
                 "only public methods and __call__ can be called")
         method = getattr(self._callable, method_name, None)
         if method is None or not callable(method):
+            if http:
+                raise not_exposed(method_name)
             raise AttributeError(f"backend {self._backend!r} has no method {method_name!r}")
+        if http and not exposed_over_http(method_name, method, self._config.http_methods):
+            raise not_exposed(method_name)
         return method
 
     async def _call(self, method: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
@@ -173,7 +184,7 @@ class ReplicaActor:
         token_sess = current_session_id.set(meta.session_id)
         ok = False
         try:
-            method = self._resolve(meta.method_name)
+            method = self._resolve(meta.method_name, meta.http)
             if getattr(method, "_serveplane_accept_batch", False):
                 result = await self._accept_batcher(meta.method_name, method).submit(
                     _one_arg(args, kwargs, meta.method_name))
@@ -208,7 +219,7 @@ class ReplicaActor:
         Returns one entry per call: ``(True, value)`` or ``(False, exception)``, so one
         caller's error never fails the others.
         """
-        method = self._resolve(meta.method_name)
+        method = self._resolve(meta.method_name, meta.http)
         batch_fn = getattr(method, "_serveplane_batch", None)
         if batch_fn is not None or getattr(method, "_serveplane_accept_batch", False):
             self._metrics.begin()

@@ -27,12 +27,14 @@ class Batcher:
     def __init__(self, router: EndpointRouter) -> None:
         self._router = router
         self._lock = threading.Lock()
-        self._gathering: dict[str, list[Response]] = {}  # method -> requests of the open batch
+        # (method, from HTTP) -> requests of the open batch: an HTTP call never shares a batch
+        # (and so its metadata) with a handle call
+        self._gathering: dict[tuple[str, bool], list[Response]] = {}
         self._sizes = BatchSizes()  # under _lock
 
     def add(self, request: Response, size: int, timeout_s: float) -> None:
         request.waiting = concurrent.futures.Future()
-        method = request.method_name
+        method = (request.method_name, request.http)
         with self._lock:
             batch = self._gathering.get(method)
             if batch is None:
@@ -52,7 +54,7 @@ class Batcher:
         with self._lock:
             return self._sizes.as_dict()
 
-    def _flush(self, method: str, batch: list[Response]) -> None:
+    def _flush(self, method: tuple[str, bool], batch: list[Response]) -> None:
         with self._lock:
             if self._gathering.get(method) is not batch:
                 return  # already dispatched when it filled up
@@ -70,7 +72,7 @@ class Batcher:
                     lambda done, target=gathered: loops.copy_outcome(done, target))
             return
         first = batch[0]
-        meta = RequestMetadata(first.request_id, router.endpoint, first.method_name)
+        meta = RequestMetadata(first.request_id, router.endpoint, first.method_name, http=first.http)
         try:
             ref = router.transport.send_batch(replica, meta, [(r.args, r.kwargs) for r in batch])
         except Exception as exc:  # noqa: BLE001 - every caller of the batch gets it

@@ -46,6 +46,7 @@ class HandleOptions:
     shard_key: str | None = None
     session_id: str | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
+    http: bool = False
 
 
 class Handle:
@@ -84,9 +85,14 @@ class Handle:
         return self._router
 
     def options(self, *, method_name: str | None = None, shard_key: Any = None,
-                session_id: Any = None, timeout_s: float | None = None) -> Handle:
-        """A handle on the same router with some call options changed."""
+                session_id: Any = None, timeout_s: float | None = None,
+                http: bool | None = None) -> Handle:
+        """A handle on the same router with some call options changed. ``http=True`` sends
+        calls as the HTTP proxy does: they reach only the methods the backend exposes over
+        HTTP (``__call__``, ``BackendConfig.http_methods``, ``@serveplane.http_method``)."""
         changes: dict[str, Any] = {}
+        if http is not None:
+            changes["http"] = bool(http)
         if method_name is not None:
             if not isinstance(method_name, str) or not method_name:
                 raise ValueError(f"method_name is {method_name!r}; it must be a non-empty string")
@@ -108,7 +114,7 @@ class Handle:
         if session_id is None:
             session_id = current_session_id.get()
         response = Response(self._router, args, kwargs, o.method_name, session_id, o.shard_key,
-                            o.timeout_s)
+                            o.timeout_s, o.http)
         self._router.submit(response)
         return response
 
@@ -119,7 +125,8 @@ class Handle:
         sent = []
         for replica in targets:
             try:
-                sent.append((replica, router.send_direct(replica, self._options.method_name, args, kwargs)))
+                sent.append((replica, router.send_direct(replica, self._options.method_name, args, kwargs,
+                                                         http=self._options.http)))
             except Exception as exc:  # noqa: BLE001 - reported for that replica
                 sent.append((replica, _Failed(exc)))
         return sent

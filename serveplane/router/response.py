@@ -29,12 +29,13 @@ if TYPE_CHECKING:
 class Response:
     # Fields are shared with the router that routes this response (one record, two modules).
     __slots__ = ("router", "args", "kwargs", "deps", "method_name", "session_id", "shard_key",
-                 "timeout_s", "request_id", "backend", "replica", "ref", "attempts", "queued_under",
+                 "http", "timeout_s", "request_id", "backend", "replica", "ref", "attempts", "queued_under",
                  "shadows", "batch_index", "waiting", "done", "failure", "previous_ref",
                  "previous_replica", "producers", "released", "watched", "started", "__weakref__")
 
     def __init__(self, router: EndpointRouter, args: tuple, kwargs: dict, method_name: str,
-                 session_id: str | None, shard_key: str | None, timeout_s: float) -> None:
+                 session_id: str | None, shard_key: str | None, timeout_s: float,
+                 http: bool = False) -> None:
         self.router = router
         self.args = args
         self.kwargs = kwargs
@@ -42,6 +43,7 @@ class Response:
         self.method_name = method_name
         self.session_id = session_id
         self.shard_key = shard_key
+        self.http = http  # from the HTTP proxy: only methods exposed over HTTP may run
         self.timeout_s = timeout_s
         self.request_id = router.next_request_id()
         self.started = time.monotonic()  # the latency a caller sees is measured from here

@@ -483,7 +483,7 @@ class EndpointRouter:
         assert replica is not None
         request.attempts += 1
         meta = RequestMetadata(request.request_id, self.endpoint, request.method_name,
-                               request.session_id, request.shard_key)
+                               request.session_id, request.shard_key, http=request.http)
         if request.deps:
             args, kwargs = request.resolved_args()
             request.producers = request.argument_producers()
@@ -680,8 +680,9 @@ class EndpointRouter:
             return [r for backend, weight in sorted(info.traffic.items()) if weight > 0
                     for r in self._live(backend)]
 
-    def send_direct(self, replica: ReplicaInfo, method_name: str, args: tuple, kwargs: dict) -> Any:
-        meta = RequestMetadata(self.next_request_id(), self.endpoint, method_name)
+    def send_direct(self, replica: ReplicaInfo, method_name: str, args: tuple, kwargs: dict,
+                    http: bool = False) -> Any:
+        meta = RequestMetadata(self.next_request_id(), self.endpoint, method_name, http=http)
         return self.transport.send(replica, meta, args, kwargs)
 
     def forget_session(self, session_id: str) -> None:

@@ -34,7 +34,8 @@ def fire_shadows(router: EndpointRouter, request: Response, shadows: dict[str, f
         outcome = ShadowOutcome(stats, router.stats_lock)
         request.shadows.append(outcome)
         meta = RequestMetadata(request.request_id, router.endpoint, request.method_name,
-                               request.session_id, request.shard_key, is_shadow=True)
+                               request.session_id, request.shard_key, is_shadow=True,
+                               http=request.http)
         try:
             ref = router.transport.send(replica, meta, args, kwargs)
         except Exception as exc:  # noqa: BLE001 - a shadow never fails its primary

@@ -12,10 +12,10 @@ import pytest
 import ray
 
 import serveplane
-from serveplane.exceptions import CorruptCheckpointError, KVStoreUnavailableError
+from serveplane.exceptions import KVStoreUnavailableError
 from serveplane.kv_store import RecordStore, open_store
 from serveplane.records import CONTROLLER_NAME
-from tests.conftest import run_script
+from tests.conftest import TEST_KEY, run_script
 from tests.integration.router.backends import Doubler
 
 pytestmark = [pytest.mark.ray, pytest.mark.chaos]
@@ -112,7 +112,7 @@ def test_kv_store_outage_keeps_data_path_and_refuses_changes(ray_session, redis_
             client.set_traffic("ep", {"d": 0.5, "d2": 0.5})
             time.sleep(0.5)
         assert client.list_endpoints()["ep"]["traffic"] == {"d": 0.5, "d2": 0.5}
-        stored = RecordStore(open_store(redis_server.url), namespace=f"serveplane/{ns}").read_all()
+        stored = RecordStore(open_store(redis_server.url), namespace=f"serveplane/{ns}", key=TEST_KEY).read_all()
         assert stored["endpoint/ep"]["traffic"] == {"d": 0.5, "d2": 0.5}
         load.report("kv outage", f"outage_s={outage:.1f}")
     finally:
@@ -125,13 +125,11 @@ def test_corrupt_checkpoint_is_refused_and_last_good_state_kept(serve_instance):
     client.create_endpoint("ep", backend="d", route="/ep")
     ns = client._namespace
     # corrupt the primary copy in the GCS KV, then restart the controller
-    store = RecordStore(open_store(f"ray://{ns}"), namespace=f"serveplane/{ns}")
+    store = RecordStore(open_store(f"ray://{ns}"), namespace=f"serveplane/{ns}", key=TEST_KEY)
     key = store.key("endpoint/ep")
     store.store.put(key, store.store.get(key).replace(b'"/ep"', b'"/xx"'))
-    from serveplane.kv_store import decode_checkpoint
-
-    with pytest.raises(CorruptCheckpointError, match="fails its checksum"):
-        decode_checkpoint(key, store.store.get(key))
+    assert store.read_all()["endpoint/ep"]["route"] == "/ep"  # served from its copy
+    assert "fails authentication" in store.recovered_from_backup[0]
     epoch = client.get_status()["epoch"]
     ray.kill(ray.get_actor(CONTROLLER_NAME, namespace=ns), no_restart=False)
     deadline = time.monotonic() + 60
@@ -143,7 +141,7 @@ def test_corrupt_checkpoint_is_refused_and_last_good_state_kept(serve_instance):
         except Exception:  # noqa: BLE001 - restarting
             assert time.monotonic() < deadline
             time.sleep(0.1)
-    assert "fails its checksum" in status["checkpoint_warning"]
+    assert "fails authentication" in status["checkpoint_warning"]
     assert client.list_endpoints()["ep"]["route"] == "/ep"  # the good state, not the tampered one
     print(f"\n[corrupt checkpoint] reported: {status['checkpoint_warning']}")
 

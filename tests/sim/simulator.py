@@ -44,7 +44,7 @@ from serveplane.controller.controller import ServeController
 from serveplane.controller.goals import GoalState
 from serveplane.controller.persistence import inline_runner
 from serveplane.exceptions import KVStoreUnavailableError, ServeplaneError, StaleEpochError
-from serveplane.kv_store import MemoryKVStore, RecordStore
+from serveplane.kv_store import MemoryKVStore, RecordStore, StateKey
 from serveplane.records import keys
 from serveplane.rollout import Rollout, RolloutState
 from serveplane.rollout.histogram import N_BUCKETS, bucket_of
@@ -60,6 +60,7 @@ from tests.sim.world import (
 )
 
 NAMESPACE = "sim"
+STATE_KEY = StateKey("simulator-state-key-0123456789abcdef", "simulator")
 BACKENDS = ("a", "b", "c")
 ENDPOINTS = ("e1", "e2")
 STARTUP_TIMEOUT_S = 5.0
@@ -117,7 +118,7 @@ class Simulation:
         self.clock = FakeClock()
         self.world = World(self.clock, random.Random(seed * 7919 + 1))
         self.store = FaultyStore(self.world, self.atomic)
-        self.reader = RecordStore(self.store.inner, namespace=f"serveplane/{NAMESPACE}")
+        self.reader = RecordStore(self.store.inner, namespace=f"serveplane/{NAMESPACE}", key=STATE_KEY)
         self.loop = asyncio.new_event_loop()
         self.model = Model()
         self.ctrl: ServeController | None = None
@@ -164,7 +165,8 @@ class Simulation:
                     self.store.url, NAMESPACE,
                     wrapper_factory=lambda b, t, o=owner: SimReplicaWrapper(self.world, o, b, t),
                     run_loop=False, run_io=inline_runner, run_ray=inline_runner, clock=self.clock,
-                    store=self.store, actors=SimActorDirectory(self.world, owner), wall_clock=self.clock)
+                    store=self.store, actors=SimActorDirectory(self.world, owner), wall_clock=self.clock,
+                    state_key=STATE_KEY)
             except SimulatedCrash:
                 self.stats["crashes"] += 1
                 continue
@@ -465,7 +467,7 @@ class Simulation:
         scratch = MemoryKVStore()
         for key in inner.list(""):
             scratch.put(key, inner.get(key) or b"")
-        settled = RecordStore(scratch, namespace=f"serveplane/{NAMESPACE}")
+        settled = RecordStore(scratch, namespace=f"serveplane/{NAMESPACE}", key=STATE_KEY)
         settled.atomic = False
         settled.settle()
         return settled.read_all()

@@ -14,7 +14,7 @@ import serveplane
 from serveplane.controller.controller import ServeController
 from serveplane.exceptions import StaleEpochError
 from serveplane.records import CONTROLLER_NAME
-from tests.conftest import run_script
+from tests.conftest import TEST_KEY, run_script
 from tests.integration.controller.backends import Counter, echo
 from tests.integration.controller.helpers import call_replica, replica_actors
 
@@ -155,7 +155,8 @@ def test_zombie_controller_cannot_overwrite_state(serve_instance):
     client.create_backend("b", echo)
     client.create_endpoint("ep", backend="a")
     ns = client._namespace
-    successor = ray.remote(ServeController).options(num_cpus=0).remote(f"ray://{ns}", ns, None)
+    successor = ray.remote(ServeController).options(num_cpus=0).remote(f"ray://{ns}", ns, None,
+                                                                        state_key=TEST_KEY)
     assert ray.get(successor.get_epoch.remote(), timeout=60) > ray.get(
         client._controller.get_epoch.remote())
     with pytest.raises(StaleEpochError, match="refused"):

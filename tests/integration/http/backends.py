@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 
+import serveplane
+
 
 class Model:
     def __call__(self, request):
@@ -10,12 +12,15 @@ class Model:
             return {"sum": sum(data["values"]), "path": request.path}
         return {"q": request.query_params.get("q"), "path": request.path}
 
+    @serveplane.http_method
     def text(self, request):
         return "plain text"
 
+    @serveplane.http_method
     def raw(self, request):
         return b"\x00\x01"
 
+    @serveplane.http_method
     def session(self, request):
         return {"session": request.headers.get("x-serve-session-id")}
 
@@ -32,3 +37,54 @@ def starlette_response(request):
     if request.query_params.get("stream"):
         return StreamingResponse(iter([b"a", b"b", b"c"]), media_type="text/plain")
     return PlainTextResponse("teapot", status_code=418)
+
+
+class Exposed:
+    """One method of each kind, for the X-SERVE-CALL-METHOD rules."""
+
+    def __call__(self, request):
+        return "call"
+
+    def predict(self, request):  # listed in BackendConfig(http_methods=[...]) by the tests
+        return "predict"
+
+    @serveplane.http_method
+    def marked(self, request):
+        return "marked"
+
+    def internal(self, request):  # public, callable by handles, not over HTTP
+        return "internal"
+
+    def reconfigure(self, user_config):
+        return None
+
+    def check_health(self):
+        return None
+
+
+class Fails:
+    def __call__(self, request):
+        raise ValueError(f"secret detail {request.query_params.get('n', '')}")
+
+
+class Sink:
+    """Accepts uploads; answers with their size."""
+
+    def __call__(self, request):
+        return {"bytes": len(request.body)}
+
+
+class FuzzTarget:
+    """Raises (the user's 500) exactly when the request says "boom"."""
+
+    def __call__(self, request):
+        if b"boom" in request.body or any("boom" in v for v in request.query_params.values()):
+            raise RuntimeError("the user's code failed, as asked")
+        return {"method": request.method, "bytes": len(request.body)}
+
+    @serveplane.http_method
+    def echo(self, request):
+        return request.body
+
+    def hidden(self, request):
+        return "should never be reached over HTTP"

@@ -25,6 +25,7 @@ from serveplane.exceptions import (
     StaleEpochError,
 )
 from serveplane.kv_store import RecordStore, SQLiteKVStore, open_store
+from tests.conftest import TEST_KEY
 from tests.unit.kv.kv_helpers import (
     CountingStore,
     FaultyStore,
@@ -263,7 +264,7 @@ CODE_HASH = hashlib.sha256(CODE).hexdigest()
 
 
 def test_record_fencing_refuses_a_stale_writer_for_existing_and_new_names(store):
-    a, b = RecordStore(store, "ns"), RecordStore(store, "ns")
+    a, b = RecordStore(store, "ns", key=TEST_KEY), RecordStore(store, "ns", key=TEST_KEY)
     ea = a.acquire_epoch()
     a.write(ea, {"backend/x": {"owner": "a"}})
     eb = b.acquire_epoch()
@@ -281,20 +282,20 @@ def test_record_fencing_refuses_a_stale_writer_for_existing_and_new_names(store)
 
 @pytest.mark.parametrize("name", ["backend/a", "backend/new"], ids=["existing-name", "new-name"])
 def test_a_successor_claiming_just_before_the_write_fences_the_old_writer(store, name):
-    old = RecordStore(store, "ns")
+    old = RecordStore(store, "ns", key=TEST_KEY)
     epoch = old.acquire_epoch()
     old.write(epoch, BEFORE)
-    successor = RecordStore(store, "ns")
+    successor = RecordStore(store, "ns", key=TEST_KEY)
     racing = InterleavingStore(store, hook=successor.acquire_epoch, method="transact")
     with pytest.raises(StaleEpochError, match=f"epoch {epoch} refused: epoch {epoch + 1} owns"):
-        RecordStore(racing, "ns").write(epoch, {name: {"v": "zombie"}})
+        RecordStore(racing, "ns", key=TEST_KEY).write(epoch, {name: {"v": "zombie"}})
     assert racing.hook_ran
     assert successor.read_all() == BEFORE  # on the GCS store: rolled back from the undo log
 
 
 def test_concurrent_acquires_in_threads_take_distinct_epochs(store):
     taken: list[int] = []
-    run_threads(4, lambda i: taken.extend(RecordStore(store, "ns").acquire_epoch() for _ in range(5)),
+    run_threads(4, lambda i: taken.extend(RecordStore(store, "ns", key=TEST_KEY).acquire_epoch() for _ in range(5)),
                 timeout_s=60)
     assert sorted(taken) == list(range(1, 21))
 
@@ -303,27 +304,27 @@ def test_concurrent_acquires_in_threads_take_distinct_epochs(store):
 def test_controllers_in_other_processes_take_distinct_epochs(store, ray_session):
     @ray.remote(num_cpus=0)
     def acquire(s):
-        return [RecordStore(s, "ns").acquire_epoch() for _ in range(5)]
+        return [RecordStore(s, "ns", key=TEST_KEY).acquire_epoch() for _ in range(5)]
 
     taken = ray.get([acquire.remote(store) for _ in range(4)], timeout=120)
     assert sorted(itertools.chain(*taken)) == list(range(1, 21))
-    assert RecordStore(store, "ns").current_epoch() == 20
+    assert RecordStore(store, "ns", key=TEST_KEY).current_epoch() == 20
 
 
 def test_acquire_epoch_costs_the_same_for_10_and_1000_records(store):
     costs = []
     for n in (10, 1000):
         ns = f"ns{n}"
-        RecordStore(store, ns).write(0, {f"backend/b{i}": {"i": i} for i in range(n)})
+        RecordStore(store, ns, key=TEST_KEY).write(0, {f"backend/b{i}": {"i": i} for i in range(n)})
         counting = CountingStore(store)
-        RecordStore(counting, ns).acquire_epoch()
+        RecordStore(counting, ns, key=TEST_KEY).acquire_epoch()
         costs.append(dict(counting.calls))
         assert not counting.calls.keys() & {"put", "delete", "transact"}  # it rewrites nothing
     assert costs[0] == costs[1]
 
 
 def test_deleted_records_and_blobs_leave_no_key_behind(store):
-    records = RecordStore(store, "ns")
+    records = RecordStore(store, "ns", key=TEST_KEY)
     epoch = records.acquire_epoch()
     records.write(epoch, BEFORE, blobs={CODE_HASH: CODE})
     records.write(epoch, CHANGE)
@@ -338,12 +339,12 @@ def test_a_record_write_lands_whole_or_not_at_all_wherever_it_fails(store):
     controller rolls it back from the undo log: a write that raised never takes effect."""
     for fail_at in itertools.count(1):
         ns = f"fault{fail_at}"
-        owner = RecordStore(store, ns)
+        owner = RecordStore(store, ns, key=TEST_KEY)
         epoch = owner.acquire_epoch()
         owner.write(epoch, BEFORE)
         faulty = FaultyStore(store, fail_at)
         try:
-            RecordStore(faulty, ns).write(epoch, CHANGE, blobs={CODE_HASH: CODE})
+            RecordStore(faulty, ns, key=TEST_KEY).write(epoch, CHANGE, blobs={CODE_HASH: CODE})
         except InjectedFault:
             pass
         if not faulty.faulted:
@@ -351,7 +352,7 @@ def test_a_record_write_lands_whole_or_not_at_all_wherever_it_fails(store):
             break
         if store.atomic_transactions:
             assert owner.read_all() == BEFORE and owner.blob_digests() == set()
-        successor = RecordStore(store, ns)
+        successor = RecordStore(store, ns, key=TEST_KEY)
         successor.acquire_epoch()
         assert successor.read_all() == BEFORE, f"fault at mutation {fail_at}"
         assert successor.blob_digests() <= {CODE_HASH}  # a roll-back never deletes a blob
@@ -362,19 +363,19 @@ def test_a_record_write_lands_whole_or_not_at_all_wherever_it_fails(store):
 
 
 def test_a_corrupt_record_is_served_from_its_copy_and_both_corrupt_is_refused(store):
-    records = RecordStore(store, "ns")
+    records = RecordStore(store, "ns", key=TEST_KEY)
     epoch = records.acquire_epoch()
     records.write(epoch, BEFORE)
     store.put(records.key("backend/a"), store.get(records.key("backend/a")).replace(b'"v":1', b'"v":9'))
     assert records.read_all() == BEFORE
-    assert "checkpoint 'ns/records/backend/a' fails its checksum" in records.recovered_from_backup[0]
+    assert "checkpoint 'ns/records/backend/a' fails authentication" in records.recovered_from_backup[0]
     store.put(records.backup_key("backend/a"), b"garbage")
-    with pytest.raises(CorruptCheckpointError, match="checkpoint 'ns/records/backend/a' fails its checksum"):
-        RecordStore(store, "ns").read_all()
+    with pytest.raises(CorruptCheckpointError, match="checkpoint 'ns/records/backend/a' fails authentication"):
+        RecordStore(store, "ns", key=TEST_KEY).read_all()
 
 
 def test_blobs_round_trip_once(store):
-    records = RecordStore(store, "ns")
+    records = RecordStore(store, "ns", key=TEST_KEY)
     digest = records.put_blob(ALL_BYTES)
     assert records.put_blob(ALL_BYTES) == digest
     assert records.get_blob(digest) == ALL_BYTES

@@ -23,6 +23,7 @@ from serveplane.exceptions import (
 )
 from serveplane.kv_store import MemoryKVStore, RecordStore, open_store
 from serveplane.records import keys
+from tests.conftest import TEST_KEY
 
 
 class WriteAheadChecker(FakeReplicaActorWrapper):
@@ -31,7 +32,7 @@ class WriteAheadChecker(FakeReplicaActorWrapper):
     store_url = ""
 
     def start(self, spec):
-        records = RecordStore(open_store(self.store_url), namespace="serveplane/unit").read_all()
+        records = RecordStore(open_store(self.store_url), namespace="serveplane/unit", key=TEST_KEY).read_all()
         assert self.replica_tag in records[f"backend/{self.backend}"]["replica_tags"], \
             "replica started before its name was checkpointed"
         super().start(spec)
@@ -41,7 +42,7 @@ class WriteAheadChecker(FakeReplicaActorWrapper):
 def make_controller(url: str, factory=None, **kwargs) -> ServeController:
     ctrl = ServeController(url, "unit", wrapper_factory=factory or (lambda b, t: WriteAheadChecker(b, t)),
                            run_loop=False, run_io=inline_runner, run_ray=inline_runner,
-                           actors=FakeActorDirectory(), **kwargs)
+                           actors=FakeActorDirectory(), **kwargs, state_key=TEST_KEY)
     return ctrl
 
 
@@ -339,7 +340,7 @@ def test_store_io_runs_off_the_event_loop():
     FakeReplicaActorWrapper.registry.clear()
     url = f"memory://{uuid.uuid4().hex}"
     ctrl = ServeController(url, "unit", wrapper_factory=lambda b, t: FakeReplicaActorWrapper(b, t, auto_ready=True),
-                           run_loop=False, actors=FakeActorDirectory())
+                           run_loop=False, actors=FakeActorDirectory(), state_key=TEST_KEY)
     threads = []
     original = ctrl._store.write
 

@@ -14,6 +14,7 @@ from serveplane.controller.controller import ServeController
 from serveplane.controller.persistence import inline_runner
 from serveplane.exceptions import DuplicateError, InvalidConfigError, KVStoreUnavailableError
 from serveplane.rollout.histogram import N_BUCKETS, bucket_of
+from tests.conftest import TEST_KEY
 
 LOOP = asyncio.new_event_loop()
 
@@ -72,7 +73,7 @@ def setup():
     def make():
         return ServeController(url, "unit", wrapper_factory=lambda b, t: FakeReplicaActorWrapper(b, t, auto_ready=True),
                                run_loop=False, run_io=inline_runner, run_ray=inline_runner,
-                               actors=FakeActorDirectory(), wall_clock=wall)
+                               actors=FakeActorDirectory(), wall_clock=wall, state_key=TEST_KEY)
 
     ctrl = make()
     for tag in ("v1", "v2"):

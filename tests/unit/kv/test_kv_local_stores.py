@@ -69,7 +69,7 @@ def test_bad_urls_name_the_url_and_the_rule(url, match):
 
 
 def test_a_non_string_url_is_refused():
-    with pytest.raises(InvalidConfigError, match="kv store url 42 is not a string"):
+    with pytest.raises(InvalidConfigError, match="kv store url of type int is not a string"):
         open_store(42)  # type: ignore[arg-type]
 
 
@@ -115,6 +115,21 @@ def test_sqlite_store_is_wal_and_full_sync(tmp_path):
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     store.close()
+
+
+def test_a_new_sqlite_file_and_its_journal_are_private(tmp_path, caplog):
+    old = os.umask(0o022)  # what SQLite would otherwise create with: readable by everyone
+    try:
+        store = SQLiteKVStore(f"sqlite:///{tmp_path}/s.db")
+        store.put("k", b"v")
+    finally:
+        os.umask(old)
+    modes = {name: oct(os.stat(tmp_path / name).st_mode & 0o777) for name in os.listdir(tmp_path)}
+    assert modes == {"s.db": "0o600", "s.db-wal": "0o600", "s.db-shm": "0o600"}
+    store.close()
+    (tmp_path / "open.db").touch(mode=0o644)
+    SQLiteKVStore(f"sqlite:///{tmp_path}/open.db").close()
+    assert "is open to group or others (mode 0644); chmod 600 it" in caplog.text
 
 
 @pytest.mark.parametrize("make_path", [
