@@ -4,6 +4,10 @@ Every method validates what it can locally, calls the controller, and (unless
 ``blocking=False``) waits for the goal the controller returns. Calls survive a controller
 restart: they retry until their deadline, and the controller's own checks make every
 call safe to repeat (identical re-creation is a no-op, deletes of missing objects too).
+
+Read your writes: a change returns only once every HTTP proxy and every router of this
+process serves it (``serveplane.visibility``); ``read_your_writes = False`` returns as soon
+as the controller committed it.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from serveplane.exceptions import (
     RequestTimeoutError,
     ServeplaneError,
 )
-from serveplane.records import CONTROLLER_NAME
+from serveplane.records import CONTROLLER_NAME, keys
+from serveplane.visibility import DEFAULT_CONFIRM_TIMEOUT_S, Confirmation, wait_until_visible
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +53,9 @@ class Client:
         self._shutdown = False
         self.http_urls: list[str] = []
         self._proxies: list[Any] = []
+        self.read_your_writes = True
+        self.confirm_timeout_s = DEFAULT_CONFIRM_TIMEOUT_S
+        self.last_confirmation: Confirmation | None = None
 
     def __repr__(self) -> str:
         return f"<serveplane.Client namespace={self._namespace!r}>"
@@ -80,6 +88,18 @@ class Client:
                     self._controller = ray.get_actor(CONTROLLER_NAME, namespace=self._namespace)
                 except ValueError:
                     pass
+
+    def _confirm(self, snapshot_ids: dict[str, str] | None) -> None:
+        """Return once every proxy and this process's routers hold these snapshots."""
+        if self.read_your_writes and snapshot_ids:
+            self.last_confirmation = wait_until_visible(snapshot_ids, self._namespace,
+                                                        self.confirm_timeout_s)
+
+    def _confirm_backend(self, backend_tag: str, goal_id: str | None, blocking: bool) -> None:
+        """After a backend's goal completed: its replica set and config are served."""
+        if blocking and self.read_your_writes:
+            self._confirm(self._call("snapshot_ids", [keys.replicas(backend_tag),
+                                                      keys.backend_config(backend_tag)]))
 
     def _wait(self, goal_id: str | None, blocking: bool, timeout_s: float) -> str | None:
         if goal_id is None or not blocking:
@@ -117,7 +137,9 @@ class Client:
                           cloudpickle.dumps((actor_init_args, actor_init_kwargs)), options,
                           cfg.model_dump(mode="json", exclude_unset=True),
                           _accepts_batches(func_or_class), code_version)
-        return self._wait(goal, blocking, timeout_s)
+        self._wait(goal, blocking, timeout_s)
+        self._confirm_backend(backend_tag, goal, blocking)
+        return goal
 
     def update_backend(self, backend_tag: str, func_or_class: Callable[..., Any] | type | None = None,
                        *actor_init_args: Any, ray_actor_options: Mapping[str, Any] | None = None,
@@ -135,7 +157,9 @@ class Client:
         batches = _accepts_batches(func_or_class) if func_or_class is not None else None
         goal = self._call("update_backend", backend_tag, code, init, options, update, batches,
                           code_version)
-        return self._wait(goal, blocking, timeout_s)
+        self._wait(goal, blocking, timeout_s)
+        self._confirm_backend(backend_tag, goal, blocking)
+        return goal
 
     def update_backend_config(self, backend_tag: str, config_options: BackendConfig | Mapping[str, Any],
                               blocking: bool = True,
@@ -143,7 +167,9 @@ class Client:
         """Merge only the fields set in ``config_options`` into the backend's config."""
         update = parse_backend_config(config_options).model_dump(mode="json", exclude_unset=True)
         goal = self._call("update_backend_config", backend_tag, update)
-        return self._wait(goal, blocking, timeout_s)
+        self._wait(goal, blocking, timeout_s)
+        self._confirm_backend(backend_tag, goal, blocking)
+        return goal
 
     def get_backend_config(self, backend_tag: str) -> BackendConfig:
         return BackendConfig.model_validate(self._call("get_backend_config", backend_tag))
@@ -154,32 +180,35 @@ class Client:
 
     def delete_backend(self, backend_tag: str, force: bool = False, blocking: bool = True,
                        timeout_s: float = DEFAULT_GOAL_TIMEOUT_S) -> str | None:
-        return self._wait(self._call("delete_backend", backend_tag, force), blocking, timeout_s)
+        goal = self._call("delete_backend", backend_tag, force)
+        self._wait(goal, blocking, timeout_s)
+        self._confirm_backend(backend_tag, goal, blocking)
+        return goal
 
     # -- endpoints -------------------------------------------------------------------
     def create_endpoint(self, endpoint_name: str, *, backend: str, route: str | None = None,
                         methods: list[str] | tuple[str, ...] = ("GET",), router: Any = None,
                         batch_size: int | None = None, batch_timeout_s: float = 0.0) -> None:
         name, blob = _router_arg(router)
-        self._call("create_endpoint", endpoint_name, backend, route, list(methods), name, blob,
-                   batch_size, batch_timeout_s)
+        self._confirm(self._call("create_endpoint", endpoint_name, backend, route, list(methods),
+                                 name, blob, batch_size, batch_timeout_s))
 
     def delete_endpoint(self, endpoint: str) -> None:
-        self._call("delete_endpoint", endpoint)
+        self._confirm(self._call("delete_endpoint", endpoint))
 
     def set_traffic(self, endpoint_name: str, traffic_policy_dictionary: Mapping[str, float]) -> None:
-        self._call("set_traffic", endpoint_name, dict(traffic_policy_dictionary))
+        self._confirm(self._call("set_traffic", endpoint_name, dict(traffic_policy_dictionary)))
 
     def shadow_traffic(self, endpoint_name: str, backend_tag: str, proportion: float) -> None:
-        self._call("shadow_traffic", endpoint_name, backend_tag, proportion)
+        self._confirm(self._call("shadow_traffic", endpoint_name, backend_tag, proportion))
 
     def set_router(self, endpoint_name: str, router: Any) -> None:
         name, blob = _router_arg(router)
-        self._call("set_router", endpoint_name, name, blob)
+        self._confirm(self._call("set_router", endpoint_name, name, blob))
 
     def set_batching(self, endpoint_name: str, batch_size: int | None,
                      batch_timeout_s: float = 0.0) -> None:
-        self._call("set_batching", endpoint_name, batch_size, batch_timeout_s)
+        self._confirm(self._call("set_batching", endpoint_name, batch_size, batch_timeout_s))
 
     def list_endpoints(self) -> dict[str, dict[str, Any]]:
         return self._call("list_endpoints")

@@ -106,7 +106,8 @@ class ServeController:
         records = RecordStore(store if store is not None else open_store(kv_url),
                               namespace=f"serveplane/{namespace}")
         self._persistence = Persistence(records, records.acquire_epoch(), run_io)
-        self._long_poll = LongPollHost()
+        # the epoch orders snapshot ids across controller restarts (read-your-writes waits)
+        self._long_poll = LongPollHost(generation=self._persistence.epoch)
         self._lock = asyncio.Lock()
         factory: Callable[[str, str], Any] = wrapper_factory or (
             lambda backend, tag: ReplicaActorWrapper(backend, tag, namespace))
@@ -514,9 +515,20 @@ class ServeController:
             return goal.id
 
     # -- endpoints ---------------------------------------------------------------------
+    def _endpoint_snapshot_ids(self, name: str) -> dict[str, str]:
+        """Snapshot ids of the long-poll keys an endpoint change touches: what a client waits
+        for every proxy and router to hold before its call returns (read your writes)."""
+        return self._long_poll.snapshot_ids((keys.endpoint(name), keys.ROUTES))
+
+    async def snapshot_ids(self, long_poll_keys: list[str]) -> dict[str, str]:
+        """The current snapshot id of each listed long-poll key (those ever published)."""
+        return self._long_poll.snapshot_ids(tuple(long_poll_keys))
+
     async def _commit_endpoint(self, record: EndpointRecord | None, name: str,
-                               router_blob: bytes | None = None, routes_changed: bool = False) -> None:
-        """Persist one endpoint record (``None``: delete) with its router blob, then commit."""
+                               router_blob: bytes | None = None,
+                               routes_changed: bool = False) -> dict[str, str]:
+        """Persist one endpoint record (``None``: delete) with its router blob, then commit;
+        returns the snapshot ids to wait for (``_endpoint_snapshot_ids``)."""
         old = self._endpoints.get(name) if self._endpoints.exists(name) else None
         removed = (old.router_blob_hash,) if old is not None and old.router_blob_hash else ()
         added = (record.router_blob_hash,) if record is not None and record.router_blob_hash else ()
@@ -538,45 +550,49 @@ class ServeController:
         self._publish_endpoint(name)
         if routes_changed:
             self._long_poll.notify_changed(keys.ROUTES, self._endpoints.routes())
+        return self._endpoint_snapshot_ids(name)
 
     async def create_endpoint(self, name: str, backend: str, route: str | None,
                               methods: list[str] | None, router: Any = None,
                               router_blob: bytes | None = None, batch_size: int | None = None,
-                              batch_timeout_s: float = 0.0) -> None:
+                              batch_timeout_s: float = 0.0) -> dict[str, str]:
         async with self._lock:
             router_hash = blob_hash(router_blob) if router_blob is not None else None
             router_arg = router if router_blob is None else _BlobRouter
             record = self._endpoints.validate_create(name, backend, route, methods, router_arg,
                                                      batch_size, batch_timeout_s, router_hash)
             if record is None:
-                return
-            await self._commit_endpoint(record, name, router_blob, routes_changed=True)
+                return self._endpoint_snapshot_ids(name)  # a retry: wait as the first call did
+            return await self._commit_endpoint(record, name, router_blob, routes_changed=True)
 
-    async def delete_endpoint(self, name: str) -> None:
+    async def delete_endpoint(self, name: str) -> dict[str, str]:
         async with self._lock:
             if not self._endpoints.exists(name):
-                return
-            await self._commit_endpoint(None, name, routes_changed=True)
+                return self._endpoint_snapshot_ids(name)
+            return await self._commit_endpoint(None, name, routes_changed=True)
 
-    async def set_traffic(self, name: str, traffic: dict[str, float]) -> None:
+    async def set_traffic(self, name: str, traffic: dict[str, float]) -> dict[str, str]:
         async with self._lock:
-            await self._commit_endpoint(self._endpoints.validate_traffic(name, traffic), name)
+            return await self._commit_endpoint(self._endpoints.validate_traffic(name, traffic), name)
 
-    async def shadow_traffic(self, name: str, backend: str, proportion: float) -> None:
+    async def shadow_traffic(self, name: str, backend: str, proportion: float) -> dict[str, str]:
         async with self._lock:
-            await self._commit_endpoint(self._endpoints.validate_shadow(name, backend, proportion), name)
+            return await self._commit_endpoint(
+                self._endpoints.validate_shadow(name, backend, proportion), name)
 
-    async def set_router(self, name: str, router: Any = None, router_blob: bytes | None = None) -> None:
+    async def set_router(self, name: str, router: Any = None,
+                         router_blob: bytes | None = None) -> dict[str, str]:
         async with self._lock:
             router_hash = blob_hash(router_blob) if router_blob is not None else None
             record = self._endpoints.validate_router_change(
                 name, router if router_blob is None else _BlobRouter, router_hash)
-            await self._commit_endpoint(record, name, router_blob)
+            return await self._commit_endpoint(record, name, router_blob)
 
-    async def set_batching(self, name: str, batch_size: int | None, batch_timeout_s: float) -> None:
+    async def set_batching(self, name: str, batch_size: int | None,
+                           batch_timeout_s: float) -> dict[str, str]:
         async with self._lock:
             record = self._endpoints.validate_batching_change(name, batch_size, batch_timeout_s)
-            await self._commit_endpoint(record, name)
+            return await self._commit_endpoint(record, name)
 
     async def list_endpoints(self) -> dict[str, dict[str, Any]]:
         return {name: r.public() for name, r in self._endpoints.records().items()}

@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 from serveplane.config import HTTPOptions
-from serveplane.exceptions import BackPressureError, NoReplicasError, RequestTimeoutError
+from serveplane.exceptions import BackPressureError, NoReplicasError, NotFoundError, RequestTimeoutError
 from serveplane.http.request import HTTPRequest
 from serveplane.records import CONTROLLER_NAME, keys
 
@@ -89,6 +89,8 @@ def build_app(options: HTTPOptions, namespace: str, routes_ref: dict[str, Any]) 
                                           f"{options.request_timeout_s:g}s"}, status_code=504)
         except BackPressureError as exc:
             return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+        except NotFoundError as exc:  # the endpoint was deleted while the request waited
+            return JSONResponse({"error": str(exc)}, status_code=404)
         except Exception as exc:  # noqa: BLE001 - user code failed: 500 with an id
             error_id = uuid.uuid4().hex[:12]
             logger.error("error %s in endpoint %r: %s", error_id, endpoint, exc)
@@ -207,3 +209,15 @@ class HTTPProxyActor:
 
     async def routes(self) -> dict[str, Any]:
         return dict(self._routes["routes"])
+
+    async def wait_for_snapshots(self, snapshot_ids: dict[str, str], timeout_s: float) -> dict[str, str]:
+        """Return once this proxy (its routes and the routers of its process) holds these
+        long-poll snapshots or later ones: ``{}``, or after ``timeout_s`` the keys still behind.
+        Clients call it after a change, so the change is served before their call returns."""
+        from serveplane.long_poll import LongPollClient
+
+        client = LongPollClient.get_or_create(CONTROLLER_NAME, self._namespace)
+        if not client.behind(snapshot_ids):
+            return {}
+        return await asyncio.get_running_loop().run_in_executor(
+            None, client.wait_for_snapshots, snapshot_ids, timeout_s)

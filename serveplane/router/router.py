@@ -38,7 +38,12 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from serveplane.config import BackendConfig
-from serveplane.exceptions import BackPressureError, NoReplicasError, ReplicaDiedError
+from serveplane.exceptions import (
+    BackPressureError,
+    EndpointNotFoundError,
+    NoReplicasError,
+    ReplicaDiedError,
+)
 from serveplane.records import BackendInfo, EndpointInfo, ReplicaInfo, RequestMetadata, keys
 from serveplane.router import loop as loops
 from serveplane.router.backoff import ReplicaBackoff
@@ -98,6 +103,7 @@ class EndpointRouter:
         self._lock = threading.Lock()
         self._request_ids = itertools.count()
         self._info: EndpointInfo | None = None
+        self._deleted = False  # the controller published this endpoint as gone
         self._only_backend: str | None = None  # the one backend with weight > 0, if so
         self._policy: Router = make_policy("round_robin")
         self._policy_key: tuple[str, bytes | None] = ("round_robin", None)
@@ -142,6 +148,7 @@ class EndpointRouter:
             policy.load = self._load
         with self._lock:
             self._info = info
+            self._deleted = info is None  # a value of None is published only for a deleted endpoint
             weighted = [b for b, w in info.traffic.items() if w > 0] if info is not None else []
             self._only_backend = weighted[0] if len(weighted) == 1 else None
             if info is not None and policy is not None:
@@ -331,6 +338,12 @@ class EndpointRouter:
             waiter = self._queue.popleft()
             _call_soon(waiter.loop, self._hand_over, waiter, None)
 
+    def _check_exists_locked(self) -> None:
+        if self._deleted:
+            raise EndpointNotFoundError(
+                f"endpoint {self.endpoint!r} was deleted; create it again, or call an endpoint "
+                "that exists (client.list_endpoints())")
+
     def _reserve_queue_slot(self, request: Response) -> None:
         backend = request.backend or UNKNOWN_BACKEND
         limit = self._config(backend).max_queued_requests
@@ -398,6 +411,7 @@ class EndpointRouter:
         with self._lock:
             replica = self._try_pick(request)
             if replica is None:
+                self._check_exists_locked()
                 self._reserve_queue_slot(request)
                 unwatched = self._unwatched_locked()
         if replica is not None:
@@ -431,6 +445,8 @@ class EndpointRouter:
                             request.backend not in info.traffic:
                         request.backend = None  # traffic moved while it waited
                     replica = self._try_pick(request)
+                    if replica is None:
+                        self._check_exists_locked()  # deleted while it waited: fail now
                     if replica is None and remaining > 0:
                         if not reserved:
                             self._queued[request.backend or UNKNOWN_BACKEND] += 1

@@ -32,3 +32,11 @@ def starlette_response(request):
     if request.query_params.get("stream"):
         return StreamingResponse(iter([b"a", b"b", b"c"]), media_type="text/plain")
     return PlainTextResponse("teapot", status_code=418)
+
+
+def answer_a(request):
+    return "a"
+
+
+def answer_b(request):
+    return "b"
