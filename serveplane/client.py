@@ -29,6 +29,7 @@ from serveplane.exceptions import (
     RequestTimeoutError,
     ServeplaneError,
 )
+from serveplane.placement import check_placeable
 from serveplane.records import CONTROLLER_NAME, keys
 from serveplane.visibility import DEFAULT_CONFIRM_TIMEOUT_S, Confirmation, wait_until_visible
 
@@ -133,6 +134,7 @@ class Client:
                 f"backend {backend_tag!r} is a function; init args are only for classes")
         options = validate_actor_options(ray_actor_options)
         cfg = parse_backend_config(config)
+        check_placeable(backend_tag, options)
         goal = self._call("create_backend", backend_tag, cloudpickle.dumps(func_or_class),
                           cloudpickle.dumps((actor_init_args, actor_init_kwargs)), options,
                           cfg.model_dump(mode="json", exclude_unset=True),
@@ -153,6 +155,8 @@ class Client:
         init = (cloudpickle.dumps((actor_init_args, dict(init_kwargs or {})))
                 if func_or_class is not None else None)
         options = validate_actor_options(ray_actor_options) if ray_actor_options is not None else None
+        if options is not None:
+            check_placeable(backend_tag, options)
         update = parse_backend_config(config).model_dump(mode="json", exclude_unset=True) if config else None
         batches = _accepts_batches(func_or_class) if func_or_class is not None else None
         goal = self._call("update_backend", backend_tag, code, init, options, update, batches,

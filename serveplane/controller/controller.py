@@ -26,7 +26,9 @@ from typing import Any, Callable, Protocol
 
 import ray
 
+from serveplane import placement
 from serveplane.backend_state import BackendRecord, BackendState, BackendStateManager, ReplicaActorWrapper
+from serveplane.backend_state.replica import ReplicaState
 from serveplane.config import parse_backend_config, validate_actor_options
 from serveplane.controller.autoscaler import Autoscaler
 from serveplane.controller.goals import FINISHED_RECORD, Goal, GoalManager
@@ -604,12 +606,28 @@ class ServeController:
     async def listen_for_change(self, keys_to_snapshot_ids: dict[str, Any]) -> Any:
         return await self._long_poll.listen_for_change(keys_to_snapshot_ids)
 
+    async def _placement_notes(self) -> dict[str, str]:
+        """Backends with replicas still starting while the cluster lacks room for one more:
+        they may be waiting for a node to join (see ``serveplane.placement``)."""
+        starting = {s.tag: (s.record.actor_options, s.replicas.count(ReplicaState.STARTING))
+                    for s in self._backends if s.replicas.count(ReplicaState.STARTING)}
+        if not starting:
+            return {}
+        try:
+            available, total = await self._run_ray(placement.cluster_available)
+        except Exception:  # noqa: BLE001 - best effort: the status goes on without notes
+            return {}
+        notes = {tag: placement.waiting_note(placement.replica_demand(options), count, available, total)
+                 for tag, (options, count) in starting.items()}
+        return {tag: note for tag, note in notes.items() if note}
+
     async def get_status(self) -> dict[str, Any]:
         store = self._store
+        notes = await self._placement_notes()
         return {"epoch": self._epoch, "kv_store": self._kv_url,
                 "fencing": FENCING_ATOMIC if store.atomic else FENCING_GCS,
                 "stale": self._persistence.stale is not None,
-                "backends": {s.tag: s.status() for s in self._backends},
+                "backends": {s.tag: {**s.status(), "placement": notes.get(s.tag)} for s in self._backends},
                 "endpoints": {n: r.public() for n, r in self._endpoints.records().items()},
                 "pending_goals": len(self._goals.pending()),
                 "recovery_s": round(self.recovery_s, 4),
