@@ -31,6 +31,7 @@ from serveplane.exceptions import (
 )
 from serveplane.placement import check_placeable
 from serveplane.records import CONTROLLER_NAME, keys
+from serveplane.replica.convention import RequestConvention, wrap
 from serveplane.visibility import DEFAULT_CONFIRM_TIMEOUT_S, Confirmation, wait_until_visible
 
 logger = logging.getLogger(__name__)
@@ -124,7 +125,14 @@ class Client:
                        *actor_init_args: Any, ray_actor_options: Mapping[str, Any] | None = None,
                        config: BackendConfig | Mapping[str, Any] | None = None,
                        blocking: bool = True, timeout_s: float = DEFAULT_GOAL_TIMEOUT_S,
-                       code_version: str | None = None, **actor_init_kwargs: Any) -> str | None:
+                       code_version: str | None = None,
+                       request_convention: RequestConvention | str = RequestConvention.NATIVE,
+                       **actor_init_kwargs: Any) -> str | None:
+        """Register a backend and (``blocking``) wait until its replicas run.
+
+        ``request_convention`` says how calls reach the code: ``"native"`` passes arguments
+        straight through; ``"classic"`` hands one request object per call, as Ray Serve 1.x
+        did (``serveplane.replica.convention``; ``serveplane.compat`` uses it)."""
         if not callable(func_or_class):
             raise InvalidConfigError(
                 f"func_or_class for backend {backend_tag!r} is {func_or_class!r}; give a "
@@ -135,7 +143,8 @@ class Client:
         options = validate_actor_options(ray_actor_options)
         cfg = parse_backend_config(config)
         check_placeable(backend_tag, options)
-        goal = self._call("create_backend", backend_tag, cloudpickle.dumps(func_or_class),
+        code = cloudpickle.dumps(wrap(func_or_class, _convention(request_convention)))
+        goal = self._call("create_backend", backend_tag, code,
                           cloudpickle.dumps((actor_init_args, actor_init_kwargs)), options,
                           cfg.model_dump(mode="json", exclude_unset=True),
                           _accepts_batches(func_or_class), code_version)
@@ -148,10 +157,13 @@ class Client:
                        config: BackendConfig | Mapping[str, Any] | None = None,
                        blocking: bool = True, timeout_s: float = DEFAULT_GOAL_TIMEOUT_S,
                        code_version: str | None = None,
-                       init_kwargs: Mapping[str, Any] | None = None) -> str | None:
+                       init_kwargs: Mapping[str, Any] | None = None,
+                       request_convention: RequestConvention | str = RequestConvention.NATIVE) -> str | None:
         """Change a backend's code, init args, actor options or config; replicas roll over
-        one at a time without dropping below the target count."""
-        code = cloudpickle.dumps(func_or_class) if func_or_class is not None else None
+        one at a time without dropping below the target count. New code runs in the
+        ``request_convention`` given here."""
+        code = (cloudpickle.dumps(wrap(func_or_class, _convention(request_convention)))
+                if func_or_class is not None else None)
         init = (cloudpickle.dumps((actor_init_args, dict(init_kwargs or {})))
                 if func_or_class is not None else None)
         options = validate_actor_options(ray_actor_options) if ray_actor_options is not None else None
@@ -286,6 +298,15 @@ class Client:
 
         LongPollClient.stop_shared(CONTROLLER_NAME, self._namespace)  # never another namespace's
         self._shutdown = True
+
+
+def _convention(value: RequestConvention | str) -> RequestConvention:
+    try:
+        return RequestConvention(value)
+    except ValueError:
+        raise InvalidConfigError(
+            f"request_convention is {value!r}; use 'native' (arguments passed straight through) "
+            "or 'classic' (one request object per call, as Ray Serve 1.x)") from None
 
 
 def _router_arg(router: Any) -> tuple[str | None, bytes | None]:

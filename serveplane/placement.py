@@ -17,7 +17,11 @@ from typing import Any, Mapping, Sequence
 from serveplane.exceptions import InvalidConfigError
 
 
-class UnplaceableError(InvalidConfigError):
+class PlacementError(InvalidConfigError):
+    """A backend's replicas cannot be placed: Ray refuses their options, or no node fits one."""
+
+
+class UnplaceableError(PlacementError):
     """No node of the cluster can hold one replica of the backend."""
 
 
@@ -44,7 +48,7 @@ def check_ray_accepts(backend: str, actor_options: Mapping[str, Any]) -> None:
     try:
         ray.remote(_Probe).options(**dict(actor_options))
     except (ValueError, TypeError) as exc:
-        raise InvalidConfigError(
+        raise PlacementError(
             f"cannot scale backend {backend!r}: Ray refuses its ray_actor_options "
             f"{dict(actor_options)!r}: {exc}") from None
 

@@ -498,7 +498,8 @@ class EndpointRouter:
         assert replica is not None
         request.attempts += 1
         meta = RequestMetadata(request.request_id, self.endpoint, request.method_name,
-                               request.session_id, request.shard_key)
+                               request.session_id, request.shard_key,
+                               http_method=request.http_method, http_headers=request.http_headers)
         if request.deps:
             args, kwargs = request.resolved_args()
             request.producers = request.argument_producers()
@@ -519,6 +520,33 @@ class EndpointRouter:
             info = self._info
             if info is not None and info.shadows:
                 fire_shadows(self, request, info.shadows, args, kwargs)
+
+    def detach(self, request: Response) -> None:
+        """The caller took ``request``'s ``ObjectRef`` and reads the answer itself (Ray Serve
+        1.x's ``ray.get(handle.remote())``): no retry; when the call completes its slot is
+        freed, a replica that died is hidden and shadows are compared."""
+        ref = request.ref
+        with self._lock:
+            request.done = True
+            request.watched = True
+        self.transport.on_completed(ref, functools.partial(self._detached_done, request))
+
+    def _detached_done(self, request: Response, value: Any) -> None:
+        replica = request.replica
+        failure = Failure.APPLICATION
+        if isinstance(value, BaseException) and replica is not None:
+            failure = self.transport.classify(value, replica, request.producers)
+        if failure is Failure.REPLICA_DIED and replica is not None:
+            self.mark_dead(replica)
+        elif failure is Failure.REPLICA_UNAVAILABLE and replica is not None:
+            self.back_off(replica)
+        with self._lock:
+            if failure is Failure.APPLICATION and replica is not None:
+                self._backoff.answered(replica.actor_name)
+            self._release_locked(request)
+        shadows, request.shadows = request.shadows, []
+        for shadow in shadows:
+            shadow.on_primary(value)
 
     def finish(self, request: Response) -> None:
         """The caller read the answer (value or application error): free the slot, once."""
