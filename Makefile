@@ -34,8 +34,9 @@ redis:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
+# RUN_ARGS: extra `serveplane run` options, e.g. RUN_ARGS='--port 8001'
 run: $(STAMP)
-	@$(PY) -m serveplane.cli run examples/quickstart.yaml
+	@$(PY) -m serveplane.cli run examples/quickstart.yaml $(RUN_ARGS)
 
 TORCH_STAMP := $(VENV)/.installed-torch
 
@@ -45,7 +46,7 @@ $(TORCH_STAMP): $(STAMP)
 	@touch $@
 
 run-embedding: $(TORCH_STAMP)
-	@$(PY) -m serveplane.cli run examples/embedding/embedding.yaml
+	@$(PY) -m serveplane.cli run examples/embedding/embedding.yaml $(RUN_ARGS)
 
 # tests/compat (Ray Serve 1.x's own tests, ported) needs a Ray instance and ports 8000-8004
 # of its own: a second pytest process. Exit code 5 (nothing collected) counts as a pass.

@@ -17,11 +17,15 @@ ADDRESS_FILE = Path(os.environ.get("SERVEPLANE_STATE_DIR", "/tmp/serveplane-cli"
 DEFAULT_NAMESPACE = "serveplane"
 
 
-def _connect_ray(address: str | None, start_local: bool = False) -> None:
+def _prepare_ray_env(start_local: bool) -> None:
+    """A local cluster started by ray.init() uses token auth; attach with the same token.
+    Ray reads this at import, so it runs before anything imports ray (``main``)."""
     if not start_local and (Path.home() / ".ray" / "auth_token").exists():
-        # a local cluster started by ray.init() uses token auth; attach with the same token
-        # (read by Ray at import, so set before importing it)
         os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def _connect_ray(address: str | None, start_local: bool = False) -> None:
+    _prepare_ray_env(start_local)
     import ray
 
     if ray.is_initialized():
@@ -210,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "run" and args.namespace is None:
         args.namespace = DEFAULT_NAMESPACE
+    # before any command imports ray (``serveplane apply`` did, and then could not attach)
+    _prepare_ray_env(start_local=args.command == "run" and args.address is None)
     try:
         return args.func(args)
     except (ServeplaneError, ValueError, KeyError) as exc:
