@@ -62,7 +62,7 @@ def wants_starlette(method: Any) -> bool:
         return False
     annotation = params[0].annotation
     if isinstance(annotation, str):
-        return annotation in ("Request", "starlette.requests.Request")
+        return annotation.strip("'\"") in ("Request", "starlette.requests.Request")
     try:
         from starlette.requests import Request
     except ImportError:  # pragma: no cover - starlette is a dependency
