@@ -13,6 +13,10 @@ Public API::
     handle = client.get_handle("model")
     handle.remote(x).result(timeout=10)
 
+Every change call returns once every HTTP proxy and this process's routers serve it (read
+your writes). Ray Serve 1.x code runs with its import line changed:
+``from serveplane.compat import serve`` (see ``serveplane.compat``).
+
 Everything not exported here is internal.
 """
 

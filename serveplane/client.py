@@ -97,7 +97,7 @@ class Client:
             self.last_confirmation = wait_until_visible(snapshot_ids, self._namespace,
                                                         self.confirm_timeout_s)
 
-    def _confirm_backend(self, backend_tag: str, goal_id: str | None, blocking: bool) -> None:
+    def _confirm_backend(self, backend_tag: str, blocking: bool) -> None:
         """After a backend's goal completed: its replica set and config are served."""
         if blocking and self.read_your_writes:
             self._confirm(self._call("snapshot_ids", [keys.replicas(backend_tag),
@@ -149,7 +149,7 @@ class Client:
                           cfg.model_dump(mode="json", exclude_unset=True),
                           _accepts_batches(func_or_class), code_version)
         self._wait(goal, blocking, timeout_s)
-        self._confirm_backend(backend_tag, goal, blocking)
+        self._confirm_backend(backend_tag, blocking)
         return goal
 
     def update_backend(self, backend_tag: str, func_or_class: Callable[..., Any] | type | None = None,
@@ -174,7 +174,7 @@ class Client:
         goal = self._call("update_backend", backend_tag, code, init, options, update, batches,
                           code_version)
         self._wait(goal, blocking, timeout_s)
-        self._confirm_backend(backend_tag, goal, blocking)
+        self._confirm_backend(backend_tag, blocking)
         return goal
 
     def update_backend_config(self, backend_tag: str, config_options: BackendConfig | Mapping[str, Any],
@@ -184,7 +184,7 @@ class Client:
         update = parse_backend_config(config_options).model_dump(mode="json", exclude_unset=True)
         goal = self._call("update_backend_config", backend_tag, update)
         self._wait(goal, blocking, timeout_s)
-        self._confirm_backend(backend_tag, goal, blocking)
+        self._confirm_backend(backend_tag, blocking)
         return goal
 
     def get_backend_config(self, backend_tag: str) -> BackendConfig:
@@ -198,7 +198,7 @@ class Client:
                        timeout_s: float = DEFAULT_GOAL_TIMEOUT_S) -> str | None:
         goal = self._call("delete_backend", backend_tag, force)
         self._wait(goal, blocking, timeout_s)
-        self._confirm_backend(backend_tag, goal, blocking)
+        self._confirm_backend(backend_tag, blocking)
         return goal
 
     # -- endpoints -------------------------------------------------------------------
