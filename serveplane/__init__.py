@@ -17,6 +17,10 @@ Public API::
         @serveplane.http_method               # callable over HTTP with X-SERVE-CALL-METHOD
         def predict(self, request): ...
 
+Every change call returns once every HTTP proxy and this process's routers serve it (read
+your writes). Ray Serve 1.x code runs with its import line changed:
+``from serveplane.compat import serve`` (see ``serveplane.compat``).
+
 Everything not exported here is internal.
 """
 

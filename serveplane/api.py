@@ -88,8 +88,14 @@ def start_proxies(options: HTTPOptions, namespace: str, detached: bool) -> tuple
     return ray.get([p.ready.remote() for p in proxies], timeout=60), proxies
 
 
-def connect(namespace: str = DEFAULT_NAMESPACE) -> Client:
-    """Attach to the running controller from any process of the cluster."""
+def connect(namespace: str | None = None) -> Client:
+    """Attach to the running controller from any process of the cluster: by default the
+    instance of the backend this code runs in, else the default namespace."""
+    if namespace is None:
+        from serveplane.context import get_replica_context
+
+        replica = get_replica_context()
+        namespace = replica.namespace if replica is not None and replica.namespace else DEFAULT_NAMESPACE
     if not ray.is_initialized():
         ray.init(address="auto", logging_level=logging.WARNING)
     try:

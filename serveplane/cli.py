@@ -18,11 +18,15 @@ from serveplane.exceptions import ServeplaneError
 DEFAULT_NAMESPACE = "serveplane"
 
 
-def _connect_ray(address: str | None, start_local: bool = False) -> None:
+def _prepare_ray_env(start_local: bool) -> None:
+    """A local cluster started by ray.init() uses token auth; attach with the same token.
+    Ray reads this at import, so it runs before anything imports ray (``main``)."""
     if not start_local and (Path.home() / ".ray" / "auth_token").exists():
-        # a local cluster started by ray.init() uses token auth; attach with the same token
-        # (read by Ray at import, so set before importing it)
         os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def _connect_ray(address: str | None, start_local: bool = False) -> None:
+    _prepare_ray_env(start_local)
     import ray
 
     if ray.is_initialized():
@@ -45,19 +49,35 @@ def _client(args: argparse.Namespace) -> Any:
     return serveplane.connect(namespace=args.namespace)
 
 
+def format_table(headers: list[str], rows: list[list[str]], gap: int = 2) -> list[str]:
+    """Left-aligned columns as wide as their widest cell, ``gap`` spaces apart: a long
+    value widens its column instead of running into the next one."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    sep = " " * gap
+
+    def line(cells: list[str]) -> str:
+        return sep.join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    return [line(headers), "-" * len(line(["-" * w for w in widths])), *(line(r) for r in rows)]
+
+
 def status_table(client: Any) -> str:
     status = client.get_status()
-    lines = ["BACKEND                 RUNNING/TARGET  STATES", "-" * 64]
+    backend_rows = []
     for tag, b in sorted(status["backends"].items()):
         running = b["replicas"].get("RUNNING", 0) + b["replicas"].get("UPDATING", 0)
         states = ", ".join(f"{k.lower()}={v}" for k, v in sorted(b["replicas"].items())) or "-"
-        failure = f"  ! {b['failure']}" if b.get("failure") else ""
-        lines.append(f"{tag:<24}{running:>3}/{b['target_replicas']:<12}{states}{failure}")
-    lines += ["", "ENDPOINT        ROUTE            TRAFFIC                         SHADOWS", "-" * 80]
+        notes = [f"! {b['failure']}"] if b.get("failure") else []
+        if b.get("placement"):
+            notes.append(f"waiting: {b['placement']}")
+        backend_rows.append([tag, f"{running}/{b['target_replicas']}", states, "  ".join(notes)])
+    endpoint_rows = []
     for name, e in sorted(status["endpoints"].items()):
         traffic = " ".join(f"{b}={w:g}" for b, w in sorted(e["traffic"].items()))
         shadows = " ".join(f"{b}={p:g}" for b, p in sorted(e["shadows"].items())) or "-"
-        lines.append(f"{name:<16}{(e['route'] or '-'):<17}{traffic:<32}{shadows}")
+        endpoint_rows.append([name, e["route"] or "-", traffic, shadows])
+    lines = format_table(["BACKEND", "RUNNING/TARGET", "STATES", ""], backend_rows)
+    lines += ["", *format_table(["ENDPOINT", "ROUTE", "TRAFFIC", "SHADOWS"], endpoint_rows)]
     rollouts = {n: client.get_rollout(n) for n, e in status["endpoints"].items() if e.get("rollout")}
     lines += rollout_lines(status, rollouts)
     refused = status.get("refused") or []
@@ -273,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "run" and args.namespace is None:
         args.namespace = DEFAULT_NAMESPACE
+    # before any command imports ray (``serveplane apply`` did, and then could not attach)
+    _prepare_ray_env(start_local=args.command == "run" and args.address is None)
     try:
         return args.func(args)
     except (ServeplaneError, ValueError, KeyError) as exc:

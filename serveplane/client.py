@@ -4,6 +4,10 @@ Every method validates what it can locally, calls the controller, and (unless
 ``blocking=False``) waits for the goal the controller returns. Calls survive a controller
 restart: they retry until their deadline, and the controller's own checks make every
 call safe to repeat (identical re-creation is a no-op, deletes of missing objects too).
+
+Read your writes: a change returns only once every HTTP proxy and every router of this
+process serves it (``serveplane.visibility``); ``read_your_writes = False`` returns as soon
+as the controller committed it.
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ from serveplane.exceptions import (
     RequestTimeoutError,
     ServeplaneError,
 )
-from serveplane.records import CONTROLLER_NAME
+from serveplane.placement import check_placeable
+from serveplane.records import CONTROLLER_NAME, keys
+from serveplane.replica.convention import RequestConvention, wrap
+from serveplane.visibility import DEFAULT_CONFIRM_TIMEOUT_S, Confirmation, wait_until_visible
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +55,9 @@ class Client:
         self._shutdown = False
         self.http_urls: list[str] = []
         self._proxies: list[Any] = []
+        self.read_your_writes = True
+        self.confirm_timeout_s = DEFAULT_CONFIRM_TIMEOUT_S
+        self.last_confirmation: Confirmation | None = None
 
     def __repr__(self) -> str:
         return f"<serveplane.Client namespace={self._namespace!r}>"
@@ -81,6 +91,18 @@ class Client:
                 except ValueError:
                     pass
 
+    def _confirm(self, snapshot_ids: dict[str, str] | None) -> None:
+        """Return once every proxy and this process's routers hold these snapshots."""
+        if self.read_your_writes and snapshot_ids:
+            self.last_confirmation = wait_until_visible(snapshot_ids, self._namespace,
+                                                        self.confirm_timeout_s)
+
+    def _confirm_backend(self, backend_tag: str, blocking: bool) -> None:
+        """After a backend's goal completed: its replica set and config are served."""
+        if blocking and self.read_your_writes:
+            self._confirm(self._call("snapshot_ids", [keys.replicas(backend_tag),
+                                                      keys.backend_config(backend_tag)]))
+
     def _wait(self, goal_id: str | None, blocking: bool, timeout_s: float) -> str | None:
         if goal_id is None or not blocking:
             return goal_id
@@ -103,7 +125,14 @@ class Client:
                        *actor_init_args: Any, ray_actor_options: Mapping[str, Any] | None = None,
                        config: BackendConfig | Mapping[str, Any] | None = None,
                        blocking: bool = True, timeout_s: float = DEFAULT_GOAL_TIMEOUT_S,
-                       code_version: str | None = None, **actor_init_kwargs: Any) -> str | None:
+                       code_version: str | None = None,
+                       request_convention: RequestConvention | str = RequestConvention.NATIVE,
+                       **actor_init_kwargs: Any) -> str | None:
+        """Register a backend and (``blocking``) wait until its replicas run.
+
+        ``request_convention`` says how calls reach the code: ``"native"`` passes arguments
+        straight through; ``"classic"`` hands one request object per call, as Ray Serve 1.x
+        did (``serveplane.replica.convention``; ``serveplane.compat`` uses it)."""
         if not callable(func_or_class):
             raise InvalidConfigError(
                 f"func_or_class for backend {backend_tag!r} is {func_or_class!r}; give a "
@@ -113,29 +142,40 @@ class Client:
                 f"backend {backend_tag!r} is a function; init args are only for classes")
         options = validate_actor_options(ray_actor_options)
         cfg = parse_backend_config(config)
-        goal = self._call("create_backend", backend_tag, cloudpickle.dumps(func_or_class),
+        check_placeable(backend_tag, options)
+        code = cloudpickle.dumps(wrap(func_or_class, _convention(request_convention)))
+        goal = self._call("create_backend", backend_tag, code,
                           cloudpickle.dumps((actor_init_args, actor_init_kwargs)), options,
                           cfg.model_dump(mode="json", exclude_unset=True),
                           _accepts_batches(func_or_class), code_version)
-        return self._wait(goal, blocking, timeout_s)
+        self._wait(goal, blocking, timeout_s)
+        self._confirm_backend(backend_tag, blocking)
+        return goal
 
     def update_backend(self, backend_tag: str, func_or_class: Callable[..., Any] | type | None = None,
                        *actor_init_args: Any, ray_actor_options: Mapping[str, Any] | None = None,
                        config: BackendConfig | Mapping[str, Any] | None = None,
                        blocking: bool = True, timeout_s: float = DEFAULT_GOAL_TIMEOUT_S,
                        code_version: str | None = None,
-                       init_kwargs: Mapping[str, Any] | None = None) -> str | None:
+                       init_kwargs: Mapping[str, Any] | None = None,
+                       request_convention: RequestConvention | str = RequestConvention.NATIVE) -> str | None:
         """Change a backend's code, init args, actor options or config; replicas roll over
-        one at a time without dropping below the target count."""
-        code = cloudpickle.dumps(func_or_class) if func_or_class is not None else None
+        one at a time without dropping below the target count. New code runs in the
+        ``request_convention`` given here."""
+        code = (cloudpickle.dumps(wrap(func_or_class, _convention(request_convention)))
+                if func_or_class is not None else None)
         init = (cloudpickle.dumps((actor_init_args, dict(init_kwargs or {})))
                 if func_or_class is not None else None)
         options = validate_actor_options(ray_actor_options) if ray_actor_options is not None else None
+        if options is not None:
+            check_placeable(backend_tag, options)
         update = parse_backend_config(config).model_dump(mode="json", exclude_unset=True) if config else None
         batches = _accepts_batches(func_or_class) if func_or_class is not None else None
         goal = self._call("update_backend", backend_tag, code, init, options, update, batches,
                           code_version)
-        return self._wait(goal, blocking, timeout_s)
+        self._wait(goal, blocking, timeout_s)
+        self._confirm_backend(backend_tag, blocking)
+        return goal
 
     def update_backend_config(self, backend_tag: str, config_options: BackendConfig | Mapping[str, Any],
                               blocking: bool = True,
@@ -143,7 +183,9 @@ class Client:
         """Merge only the fields set in ``config_options`` into the backend's config."""
         update = parse_backend_config(config_options).model_dump(mode="json", exclude_unset=True)
         goal = self._call("update_backend_config", backend_tag, update)
-        return self._wait(goal, blocking, timeout_s)
+        self._wait(goal, blocking, timeout_s)
+        self._confirm_backend(backend_tag, blocking)
+        return goal
 
     def get_backend_config(self, backend_tag: str) -> BackendConfig:
         return BackendConfig.model_validate(self._call("get_backend_config", backend_tag))
@@ -154,32 +196,35 @@ class Client:
 
     def delete_backend(self, backend_tag: str, force: bool = False, blocking: bool = True,
                        timeout_s: float = DEFAULT_GOAL_TIMEOUT_S) -> str | None:
-        return self._wait(self._call("delete_backend", backend_tag, force), blocking, timeout_s)
+        goal = self._call("delete_backend", backend_tag, force)
+        self._wait(goal, blocking, timeout_s)
+        self._confirm_backend(backend_tag, blocking)
+        return goal
 
     # -- endpoints -------------------------------------------------------------------
     def create_endpoint(self, endpoint_name: str, *, backend: str, route: str | None = None,
                         methods: list[str] | tuple[str, ...] = ("GET",), router: Any = None,
                         batch_size: int | None = None, batch_timeout_s: float = 0.0) -> None:
         name, blob = _router_arg(router)
-        self._call("create_endpoint", endpoint_name, backend, route, list(methods), name, blob,
-                   batch_size, batch_timeout_s)
+        self._confirm(self._call("create_endpoint", endpoint_name, backend, route, list(methods),
+                                 name, blob, batch_size, batch_timeout_s))
 
     def delete_endpoint(self, endpoint: str) -> None:
-        self._call("delete_endpoint", endpoint)
+        self._confirm(self._call("delete_endpoint", endpoint))
 
     def set_traffic(self, endpoint_name: str, traffic_policy_dictionary: Mapping[str, float]) -> None:
-        self._call("set_traffic", endpoint_name, dict(traffic_policy_dictionary))
+        self._confirm(self._call("set_traffic", endpoint_name, dict(traffic_policy_dictionary)))
 
     def shadow_traffic(self, endpoint_name: str, backend_tag: str, proportion: float) -> None:
-        self._call("shadow_traffic", endpoint_name, backend_tag, proportion)
+        self._confirm(self._call("shadow_traffic", endpoint_name, backend_tag, proportion))
 
     def set_router(self, endpoint_name: str, router: Any) -> None:
         name, blob = _router_arg(router)
-        self._call("set_router", endpoint_name, name, blob)
+        self._confirm(self._call("set_router", endpoint_name, name, blob))
 
     def set_batching(self, endpoint_name: str, batch_size: int | None,
                      batch_timeout_s: float = 0.0) -> None:
-        self._call("set_batching", endpoint_name, batch_size, batch_timeout_s)
+        self._confirm(self._call("set_batching", endpoint_name, batch_size, batch_timeout_s))
 
     def list_endpoints(self) -> dict[str, dict[str, Any]]:
         return self._call("list_endpoints")
@@ -304,6 +349,15 @@ class Client:
 
         LongPollClient.stop_shared(CONTROLLER_NAME, self._namespace)  # never another namespace's
         self._shutdown = True
+
+
+def _convention(value: RequestConvention | str) -> RequestConvention:
+    try:
+        return RequestConvention(value)
+    except ValueError:
+        raise InvalidConfigError(
+            f"request_convention is {value!r}; use 'native' (arguments passed straight through) "
+            "or 'classic' (one request object per call, as Ray Serve 1.x)") from None
 
 
 def _router_arg(router: Any) -> tuple[str | None, bytes | None]:

@@ -141,18 +141,35 @@ def load_config(path: str | Path) -> DeployConfig:
     return config
 
 
+def import_roots(base_dir: Path) -> list[Path]:
+    """Where an ``import_path`` of a config file in ``base_dir`` resolves: that folder, and
+    the folder that holds the outermost package containing it (so a file inside package
+    ``embedding`` may say ``embedding.model:Embedder``, as an import would)."""
+    roots = [base_dir]
+    top = base_dir
+    while (top / "__init__.py").exists() and top.parent != top:
+        top = top.parent
+    if top != base_dir:
+        roots.append(top)
+    return roots
+
+
 def import_attr(import_path: str, base_dir: Path | None = None) -> Any:
     """Import ``module:attr``; the module's code is shipped to replicas by value, so the
     cluster's workers need not have it on their path."""
     import cloudpickle
 
     module_name, attr = import_path.split(":", 1)
-    if base_dir is not None and str(base_dir) not in sys.path:
-        sys.path.insert(0, str(base_dir))
+    roots = import_roots(base_dir.resolve()) if base_dir is not None else []
+    for root in reversed(roots):
+        if str(root) not in sys.path:
+            sys.path.insert(0, str(root))
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise InvalidConfigError(f"import_path {import_path!r}: cannot import {module_name!r} ({exc})") from None
+        where = f"; looked in {', '.join(str(r) for r in roots)} and sys.path" if roots else ""
+        raise InvalidConfigError(f"import_path {import_path!r}: cannot import {module_name!r} "
+                                 f"({exc}){where}") from None
     try:
         obj = getattr(module, attr)
     except AttributeError:

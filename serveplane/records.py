@@ -94,3 +94,7 @@ class RequestMetadata:
     shard_key: str | None = None
     is_shadow: bool = False
     http: bool = False
+    # the request's method and headers for backends of the classic (1.x) convention, from
+    # handle.options(http_method=..., http_headers=...); None: GET, no headers
+    http_method: str | None = None
+    http_headers: dict[str, str] | None = None

@@ -121,7 +121,7 @@ class ReplicaActorWrapper:
             name=self.actor_name, namespace=self.namespace, lifetime="detached",
             max_restarts=0, max_concurrency=actor_max_concurrency(mcq), **options,
         ).remote(spec.backend, self.replica_tag, spec.code_blob, spec.init_blob, spec.config,
-                 spec.version, spec.config_version)
+                 spec.version, spec.config_version, namespace=self.namespace)
         self._ready = self.actor_handle.ready.remote().future()
 
     def recover(self) -> bool:

@@ -32,7 +32,9 @@ from typing import Any, Callable, Protocol
 
 import ray
 
+from serveplane import placement
 from serveplane.backend_state import BackendRecord, BackendState, BackendStateManager, ReplicaActorWrapper
+from serveplane.backend_state.replica import ReplicaState
 from serveplane.config import parse_backend_config, validate_actor_options
 from serveplane.controller.autoscaler import Autoscaler
 from serveplane.controller.goals import FINISHED_RECORD, Goal, GoalManager
@@ -126,7 +128,8 @@ class ServeController:
         records = RecordStore(store if store is not None else open_store(kv_url),
                               namespace=f"serveplane/{namespace}", key=state_key)
         self._persistence = Persistence(records, records.acquire_epoch(), run_io)
-        self._long_poll = LongPollHost()
+        # the epoch orders snapshot ids across controller restarts (read-your-writes waits)
+        self._long_poll = LongPollHost(generation=self._persistence.epoch)
         self._lock = asyncio.Lock()
         factory: Callable[[str, str], Any] = wrapper_factory or (
             lambda backend, tag: ReplicaActorWrapper(backend, tag, namespace))
@@ -642,9 +645,20 @@ class ServeController:
         self.rollbacks[(rollout.endpoint, guard[:80])] += 1
 
     # -- endpoints ---------------------------------------------------------------------
+    def _endpoint_snapshot_ids(self, name: str) -> dict[str, str]:
+        """Snapshot ids of the long-poll keys an endpoint change touches: what a client waits
+        for every proxy and router to hold before its call returns (read your writes)."""
+        return self._long_poll.snapshot_ids((keys.endpoint(name), keys.ROUTES))
+
+    async def snapshot_ids(self, long_poll_keys: list[str]) -> dict[str, str]:
+        """The current snapshot id of each listed long-poll key (those ever published)."""
+        return self._long_poll.snapshot_ids(tuple(long_poll_keys))
+
     async def _commit_endpoint(self, record: EndpointRecord | None, name: str,
-                               router_blob: bytes | None = None, routes_changed: bool = False) -> None:
-        """Persist one endpoint record (``None``: delete) with its router blob, then commit."""
+                               router_blob: bytes | None = None,
+                               routes_changed: bool = False) -> dict[str, str]:
+        """Persist one endpoint record (``None``: delete) with its router blob, then commit;
+        returns the snapshot ids to wait for (``_endpoint_snapshot_ids``)."""
         old = self._endpoints.get(name) if self._endpoints.exists(name) else None
         removed = (old.router_blob_hash,) if old is not None and old.router_blob_hash else ()
         added = (record.router_blob_hash,) if record is not None and record.router_blob_hash else ()
@@ -666,35 +680,36 @@ class ServeController:
         self._publish_endpoint(name)
         if routes_changed:
             self._long_poll.notify_changed(keys.ROUTES, self._endpoints.routes())
+        return self._endpoint_snapshot_ids(name)
 
     async def create_endpoint(self, name: str, backend: str, route: str | None,
                               methods: list[str] | None, router: Any = None,
                               router_blob: bytes | None = None, batch_size: int | None = None,
-                              batch_timeout_s: float = 0.0) -> None:
+                              batch_timeout_s: float = 0.0) -> dict[str, str]:
         async with self._lock:
             router_hash = blob_hash(router_blob) if router_blob is not None else None
             router_arg = router if router_blob is None else _BlobRouter
             record = self._endpoints.validate_create(name, backend, route, methods, router_arg,
                                                      batch_size, batch_timeout_s, router_hash)
             if record is None:
-                return
-            await self._commit_endpoint(record, name, router_blob, routes_changed=True)
+                return self._endpoint_snapshot_ids(name)  # a retry: wait as the first call did
+            return await self._commit_endpoint(record, name, router_blob, routes_changed=True)
 
-    async def delete_endpoint(self, name: str) -> None:
+    async def delete_endpoint(self, name: str) -> dict[str, str]:
         async with self._lock:
             if not self._endpoints.exists(name):
-                return
-            await self._commit_endpoint(None, name, routes_changed=True)
+                return self._endpoint_snapshot_ids(name)
+            return await self._commit_endpoint(None, name, routes_changed=True)
 
-    async def set_traffic(self, name: str, traffic: dict[str, float]) -> None:
+    async def set_traffic(self, name: str, traffic: dict[str, float]) -> dict[str, str]:
         async with self._lock:
             record = self._endpoints.validate_traffic(name, traffic)
-            await self._commit_endpoint(self._operator_wins(record, f"set_traffic({traffic})"), name)
+            return await self._commit_endpoint(self._operator_wins(record, f"set_traffic({traffic})"), name)
 
-    async def shadow_traffic(self, name: str, backend: str, proportion: float) -> None:
+    async def shadow_traffic(self, name: str, backend: str, proportion: float) -> dict[str, str]:
         async with self._lock:
             record = self._endpoints.validate_shadow(name, backend, proportion)
-            await self._commit_endpoint(
+            return await self._commit_endpoint(
                 self._operator_wins(record, f"shadow_traffic({backend!r}, {proportion})"), name)
 
     def _operator_wins(self, record: EndpointRecord, call: str) -> EndpointRecord:
@@ -705,17 +720,19 @@ class ServeController:
         return record.model_copy(update={"rollout": rollout.overridden(
             self._wall(), f"the operator changed the traffic by hand: {call}")})
 
-    async def set_router(self, name: str, router: Any = None, router_blob: bytes | None = None) -> None:
+    async def set_router(self, name: str, router: Any = None,
+                         router_blob: bytes | None = None) -> dict[str, str]:
         async with self._lock:
             router_hash = blob_hash(router_blob) if router_blob is not None else None
             record = self._endpoints.validate_router_change(
                 name, router if router_blob is None else _BlobRouter, router_hash)
-            await self._commit_endpoint(record, name, router_blob)
+            return await self._commit_endpoint(record, name, router_blob)
 
-    async def set_batching(self, name: str, batch_size: int | None, batch_timeout_s: float) -> None:
+    async def set_batching(self, name: str, batch_size: int | None,
+                           batch_timeout_s: float) -> dict[str, str]:
         async with self._lock:
             record = self._endpoints.validate_batching_change(name, batch_size, batch_timeout_s)
-            await self._commit_endpoint(record, name)
+            return await self._commit_endpoint(record, name)
 
     async def list_endpoints(self) -> dict[str, dict[str, Any]]:
         return {name: r.public() for name, r in self._endpoints.records().items()}
@@ -727,14 +744,30 @@ class ServeController:
     async def listen_for_change(self, keys_to_snapshot_ids: dict[str, Any]) -> Any:
         return await self._long_poll.listen_for_change(keys_to_snapshot_ids)
 
+    async def _placement_notes(self) -> dict[str, str]:
+        """Backends with replicas still starting while the cluster lacks room for one more:
+        they may be waiting for a node to join (see ``serveplane.placement``)."""
+        starting = {s.tag: (s.record.actor_options, s.replicas.count(ReplicaState.STARTING))
+                    for s in self._backends if s.replicas.count(ReplicaState.STARTING)}
+        if not starting:
+            return {}
+        try:
+            available, total = await self._run_ray(placement.cluster_available)
+        except Exception:  # noqa: BLE001 - best effort: the status goes on without notes
+            return {}
+        notes = {tag: placement.waiting_note(placement.replica_demand(options), count, available, total)
+                 for tag, (options, count) in starting.items()}
+        return {tag: note for tag, note in notes.items() if note}
+
     async def get_status(self) -> dict[str, Any]:
         store = self._store
+        notes = await self._placement_notes()
         return {"epoch": self._epoch, "kv_store": redact_url(self._kv_url),
                 "state_key": {"id": store.state_key.id, "source": store.state_key.source},
                 "refused": self._persistence.refused.report(),
                 "fencing": FENCING_ATOMIC if store.atomic else FENCING_GCS,
                 "stale": self._persistence.stale is not None,
-                "backends": {s.tag: s.status() for s in self._backends},
+                "backends": {s.tag: {**s.status(), "placement": notes.get(s.tag)} for s in self._backends},
                 "endpoints": {n: r.public() for n, r in self._endpoints.records().items()},
                 "pending_goals": len(self._goals.pending()),
                 "recovery_s": round(self.recovery_s, 4),

@@ -27,6 +27,7 @@ from serveplane.rollout import Rollout
 
 HTTP_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]+$")
+_ENDPOINT_NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-/]+$")
 
 
 class EndpointRecord(BaseModel):
@@ -59,10 +60,20 @@ class EndpointRecord(BaseModel):
 
 
 def validate_name(kind: str, name: Any) -> str:
-    if not isinstance(name, str) or not name or not _NAME_RE.match(name):
+    """Backend tags: letters, digits and ``_ . : -`` (a tag names replica actors). Endpoint
+    names may also hold ``/``, as Ray Serve 1.x allowed."""
+    endpoint = kind == "endpoint"
+    pattern = _ENDPOINT_NAME_RE if endpoint else _NAME_RE
+    if not isinstance(name, str) or not name or not pattern.match(name):
+        allowed = "_ . : - /" if endpoint else "_ . : -"
+        hint = ""
+        if not endpoint and isinstance(name, str) and "/" in name:
+            hint = (f"; Ray Serve 1.x allowed '/' in backend tags, serveplane does not (tags name "
+                    f"replica actors): rename it, e.g. {name.replace('/', '-')!r}, in create_backend "
+                    "and in every traffic and shadow that names it")
         raise InvalidConfigError(
-            f"{kind} name {name!r} is invalid; use letters, digits and any of _ . : - "
-            "(non-empty)")
+            f"{kind} name {name!r} is invalid; use letters, digits and any of {allowed} "
+            f"(non-empty){hint}")
     return name
 
 

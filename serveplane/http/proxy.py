@@ -28,7 +28,13 @@ import uuid
 from typing import Any
 
 from serveplane.config import HTTPOptions
-from serveplane.exceptions import BackPressureError, MethodNotExposedError, NoReplicasError, RequestTimeoutError
+from serveplane.exceptions import (
+    BackPressureError,
+    MethodNotExposedError,
+    NoReplicasError,
+    NotFoundError,
+    RequestTimeoutError,
+)
 from serveplane.exposure import check_name_over_http
 from serveplane.http.auth import ApiKeys, bearer_token
 from serveplane.http.limits import Admission, TokenBuckets
@@ -179,6 +185,8 @@ class ProxyApp:
                          _RETRY)
         except MethodNotExposedError as exc:
             return _json(404, str(getattr(exc, "cause", None) or exc).strip().splitlines()[-1])
+        except NotFoundError as exc:  # the endpoint was deleted while the request waited
+            return _json(404, str(exc))
         except Exception as exc:  # noqa: BLE001 - user code failed: 500 with an id
             return self._internal_error(endpoint, exc)
         return to_response(result)
@@ -352,3 +360,15 @@ class HTTPProxyActor:
     async def statistics(self) -> dict[str, Any]:
         """In flight, bodies held, their peaks, answers by status, pid and resident memory."""
         return self._app.statistics() if self._app is not None else {}
+
+    async def wait_for_snapshots(self, snapshot_ids: dict[str, str], timeout_s: float) -> dict[str, str]:
+        """Return once this proxy (its routes and the routers of its process) holds these
+        long-poll snapshots or later ones: ``{}``, or after ``timeout_s`` the keys still behind.
+        Clients call it after a change, so the change is served before their call returns."""
+        from serveplane.long_poll import LongPollClient
+
+        client = LongPollClient.get_or_create(CONTROLLER_NAME, self._namespace)
+        if not client.behind(snapshot_ids):
+            return {}
+        return await asyncio.get_running_loop().run_in_executor(
+            None, client.wait_for_snapshots, snapshot_ids, timeout_s)

@@ -6,7 +6,13 @@ controller restarts.
 """
 
 from serveplane.long_poll.client import LongPollClient, Subscription
-from serveplane.long_poll.host import LONG_POLL_TIMEOUT, LongPollHost, LongPollTimeout, UpdatedObject
+from serveplane.long_poll.host import (
+    LONG_POLL_TIMEOUT,
+    LongPollHost,
+    LongPollTimeout,
+    UpdatedObject,
+    snapshot_at_least,
+)
 
 __all__ = ["LONG_POLL_TIMEOUT", "LongPollClient", "LongPollHost", "LongPollTimeout", "Subscription",
-           "UpdatedObject"]
+           "UpdatedObject", "snapshot_at_least"]

@@ -34,7 +34,7 @@ from typing import Any, Callable
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, TaskCancelledError
 
-from serveplane.long_poll.host import LongPollTimeout, UpdatedObject
+from serveplane.long_poll.host import LongPollTimeout, UpdatedObject, snapshot_at_least
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,8 @@ class LongPollClient:
         self._subs: dict[str, list[Subscription]] = {}
         self._known: dict[str, UpdatedObject] = {}
         self._delivered: dict[Subscription, str] = {}
+        # per key, the last snapshot whose callbacks have all run (what ``behind`` reads)
+        self._applied: dict[str, str] = {}
         # Loop thread only.
         self._inflight_ids: dict[str, str | None] = {}
         self._answers = 0
@@ -108,6 +110,13 @@ class LongPollClient:
                 client = cls(host_actor_name, namespace)
                 _REGISTRY[(host_actor_name, namespace)] = client
             return client
+
+    @staticmethod
+    def existing(host_actor_name: str, namespace: str | None = None) -> LongPollClient | None:
+        """The process's running shared client for this host, or ``None`` (never creates one)."""
+        with _REGISTRY_LOCK:
+            client = _REGISTRY.get((host_actor_name, namespace))
+        return None if client is None or client.stopped else client
 
     @staticmethod
     def all_clients() -> list[LongPollClient]:
@@ -166,6 +175,7 @@ class LongPollClient:
             if not subs:
                 del self._subs[sub.key]
                 self._known.pop(sub.key, None)
+                self._applied.pop(sub.key, None)
 
     def get(self, key: str) -> Any:
         """The value held for ``key``, or ``None`` if none is (yet) known."""
@@ -200,6 +210,36 @@ class LongPollClient:
         finally:
             if temporary is not None:
                 self.unsubscribe(temporary)
+
+    def behind(self, snapshot_ids: dict[str, str]) -> dict[str, str]:
+        """The listed keys this client follows and holds no snapshot at least as new as
+        the one given (``{key: the snapshot id it holds, or ""}``). A key nobody in this
+        process subscribes to is never behind: a later subscriber is sent the latest value."""
+        with self._lock:
+            return self._behind_locked(snapshot_ids)
+
+    def _behind_locked(self, snapshot_ids: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for key, target in snapshot_ids.items():
+            if key not in self._subs:
+                continue
+            held = self._applied.get(key)
+            if not snapshot_at_least(held, target):
+                out[key] = held or ""
+        return out
+
+    def wait_for_snapshots(self, snapshot_ids: dict[str, str], timeout: float) -> dict[str, str]:
+        """Block until this client holds, for every listed key it follows, that snapshot or
+        a later one, and its callbacks ran; returns the keys still behind after ``timeout``
+        (empty: caught up). Used to make a change visible before the call that made it
+        returns (read your writes)."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("wait_for_snapshots called from a long-poll callback would block "
+                               "the thread that delivers the values")
+        with self._value_known:
+            self._value_known.wait_for(lambda: self._stopped or not self._behind_locked(snapshot_ids),
+                                       timeout)
+            return self._behind_locked(snapshot_ids)
 
     def _mark_stopped(self) -> None:
         """Wake every waiter and leave the per-process registry."""
@@ -371,6 +411,11 @@ class LongPollClient:
             self._value_known.notify_all()
         for sub in targets:
             self._deliver(sub)
+        with self._value_known:  # every callback of these snapshots ran: they are applied
+            for key, obj in result.items():
+                if key in self._subs and self._known.get(key) is obj:
+                    self._applied[key] = obj.snapshot_id
+            self._value_known.notify_all()
 
     def _deliver(self, sub: Subscription) -> None:
         """Give ``sub`` the value held for its key, unless it already has that snapshot."""

@@ -5,9 +5,11 @@ Pure asyncio, no Ray: the controller actor forwards its ``listen_for_change`` RP
 Invariants:
 
 - every ``notify_changed`` / ``delete_key`` gives its key a new snapshot id
-  ``"<host instance>:<counter>"``; the instance part is random per host object, so ids
-  never repeat across host restarts and a client holding ids from a dead host is answered
-  at once by its successor;
+  ``"<generation>.<host instance>:<counter>"``; the instance part is random per host object,
+  so ids never repeat across host restarts and a client holding ids from a dead host is
+  answered at once by its successor. Ids are ordered (``snapshot_at_least``): by generation
+  (the controller passes its epoch, so a successor's ids come after its predecessor's),
+  then, within one host, by counter;
 - a listener whose id for a listed key differs from the host's (``None`` = never seen) is
   answered at once with *every* such key;
 - keys the host does not know (never notified, or deleted and the listener never saw
@@ -32,9 +34,31 @@ from typing import Any
 from serveplane.exceptions import InvalidConfigError
 
 
+def snapshot_at_least(held: str | None, target: str) -> bool:
+    """Is the snapshot ``held`` the snapshot ``target`` or a later one of the same key?
+
+    A later generation is later (a successor host recovered every change its predecessor
+    published). Two hosts of one generation are unordered: never "at least".
+    """
+    if held is None:
+        return False
+    if held == target:
+        return True
+    held_host, _, held_count = held.rpartition(":")
+    target_host, _, target_count = target.rpartition(":")
+    held_gen, _, held_instance = held_host.partition(".")
+    target_gen, _, target_instance = target_host.partition(".")
+    try:
+        if int(held_gen) != int(target_gen):
+            return int(held_gen) > int(target_gen)
+        return held_instance == target_instance and int(held_count) >= int(target_count)
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class UpdatedObject:
-    """A key's value at one snapshot. ``snapshot_id`` is opaque: compare it with ``==`` only."""
+    """A key's value at one snapshot; order snapshot ids with ``snapshot_at_least``."""
 
     snapshot_id: str
     value: Any
@@ -79,14 +103,18 @@ class LongPollHost:
     listeners of that key and costs O(listeners of the key).
     """
 
-    def __init__(self, timeout_s: float = 30.0, jitter: float = 0.2) -> None:
+    def __init__(self, timeout_s: float = 30.0, jitter: float = 0.2, generation: int = 0) -> None:
+        """``generation`` orders this host's ids after those of hosts with a lower one (the
+        controller passes its epoch)."""
         if not timeout_s > 0:
             raise InvalidConfigError(f"long-poll timeout_s is {timeout_s!r}; it must be > 0")
         if not 0 <= jitter < 1:
             raise InvalidConfigError(f"long-poll jitter is {jitter!r}; it must be in [0, 1)")
         self.timeout_s = timeout_s
         self.jitter = jitter
-        self.instance_id = uuid.uuid4().hex[:12]
+        if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
+            raise InvalidConfigError(f"long-poll generation is {generation!r}; it must be an integer >= 0")
+        self.instance_id = f"{generation}.{uuid.uuid4().hex[:12]}"
         self._counter = 0
         self._entries: dict[str, _Entry] = {}
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
@@ -106,6 +134,10 @@ class LongPollHost:
             return
         self._entries[key] = _Entry(UpdatedObject(self._next_id(), None), deleted=True)
         self._wake(key)
+
+    def snapshot_ids(self, keys: list[str] | tuple[str, ...]) -> dict[str, str]:
+        """The current snapshot id of each listed key the host has published (deleted too)."""
+        return {key: self._entries[key].obj.snapshot_id for key in keys if key in self._entries}
 
     def get(self, key: str) -> UpdatedObject | None:
         entry = self._entries.get(key)

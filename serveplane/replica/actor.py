@@ -9,6 +9,8 @@ Invariants:
   says and a slow sync call does not stall control calls (health, metrics, drain).
 - A request from the HTTP proxy (``meta.http``) reaches only the methods the backend exposes
   over HTTP (``serveplane/exposure.py``); anything else is ``MethodNotExposedError`` (404).
+- A call reaches user code in the backend's request convention (``convention.py``): a
+  classic backend gets one request object per call, converted before batching.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ from typing import Any, Callable
 import cloudpickle
 
 from serveplane.config import BackendConfig
-from serveplane.context import current_request, current_session_id
+from serveplane.context import ReplicaContext, current_request, current_session_id, set_replica_context
 from serveplane.exposure import check_name_over_http, exposed_over_http, not_exposed
+from serveplane.http.request import HTTPRequest
+from serveplane.http.starlette_request import to_starlette, wants_starlette
 from serveplane.records import RequestMetadata
 from serveplane.replica.batching import Batcher
+from serveplane.replica.convention import RequestConvention, classic_request, unwrap
 from serveplane.replica.metrics import ReplicaMetrics
 from serveplane.replica.streaming import collect_if_streaming
 
@@ -41,13 +46,17 @@ class ReplicaActor:
     """Wrapped with ``ray.remote`` by ``ReplicaActorWrapper``; never constructed directly."""
 
     def __init__(self, backend: str, replica_tag: str, code_blob: bytes, init_blob: bytes,
-                 config: dict[str, Any], version: str, config_version: str | None = None) -> None:
+                 config: dict[str, Any], version: str, config_version: str | None = None,
+                 namespace: str | None = None) -> None:
         self._backend = backend
+        # before user code runs: serveplane.connect() in a backend attaches to its own instance
+        set_replica_context(ReplicaContext(backend, replica_tag, namespace))
         self._replica_tag = replica_tag
         self._version = version
         self._config_version = config_version
         self._config = BackendConfig.model_validate(config)
-        func_or_class = cloudpickle.loads(code_blob)
+        func_or_class, self._convention = unwrap(cloudpickle.loads(code_blob))
+        self._starlette_methods: dict[str, bool] = {}
         init_args, init_kwargs = cloudpickle.loads(init_blob)
         self._executor = self._new_executor()
         if inspect.isclass(func_or_class):
@@ -185,6 +194,7 @@ class ReplicaActor:
         ok = False
         try:
             method = self._resolve(meta.method_name, meta.http)
+            args, kwargs = self._convert(meta, method, args, kwargs)
             if getattr(method, "_serveplane_accept_batch", False):
                 result = await self._accept_batcher(meta.method_name, method).submit(
                     _one_arg(args, kwargs, meta.method_name))
@@ -198,6 +208,19 @@ class ReplicaActor:
             self._metrics.end(ok, time.monotonic() - started, meta.session_id)
             if self._metrics.in_flight == 0:
                 self._idle.set()
+
+    def _convert(self, meta: RequestMetadata, method: Callable[..., Any], args: tuple,
+                 kwargs: dict) -> tuple[tuple, dict]:
+        """A call's arguments as the backend's request convention hands them to user code."""
+        if self._convention is RequestConvention.CLASSIC:
+            return (classic_request(args, kwargs, meta.http_method, meta.http_headers),), {}
+        if args and isinstance(args[0], HTTPRequest):
+            wants = self._starlette_methods.get(meta.method_name)
+            if wants is None:
+                wants = self._starlette_methods[meta.method_name] = wants_starlette(method)
+            if wants:
+                return (to_starlette(args[0]), *args[1:]), kwargs
+        return args, kwargs
 
     def _list_caller(self, method: Callable[..., Any]) -> Callable[[list[Any]], Any]:
         async def call_list(items: list[Any]) -> list[Any]:
@@ -220,6 +243,7 @@ class ReplicaActor:
         caller's error never fails the others.
         """
         method = self._resolve(meta.method_name, meta.http)
+        calls = [self._convert(meta, method, a, k) for a, k in calls]
         batch_fn = getattr(method, "_serveplane_batch", None)
         if batch_fn is not None or getattr(method, "_serveplane_accept_batch", False):
             self._metrics.begin()

@@ -47,6 +47,8 @@ class HandleOptions:
     session_id: str | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
     http: bool = False
+    http_method: str | None = None           # for backends of the classic (1.x) convention
+    http_headers: dict[str, str] | None = None
 
 
 class Handle:
@@ -86,13 +88,25 @@ class Handle:
 
     def options(self, *, method_name: str | None = None, shard_key: Any = None,
                 session_id: Any = None, timeout_s: float | None = None,
-                http: bool | None = None) -> Handle:
+                http: bool | None = None, http_method: str | None = None,
+                http_headers: dict[str, str] | None = None) -> Handle:
         """A handle on the same router with some call options changed. ``http=True`` sends
         calls as the HTTP proxy does: they reach only the methods the backend exposes over
-        HTTP (``__call__``, ``BackendConfig.http_methods``, ``@serveplane.http_method``)."""
+        HTTP (``__call__``, ``BackendConfig.http_methods``, ``@serveplane.http_method``).
+        ``http_method`` and ``http_headers`` are what a backend of the classic (1.x)
+        convention reads from its request's ``.method`` and ``.headers``."""
         changes: dict[str, Any] = {}
         if http is not None:
             changes["http"] = bool(http)
+        if http_method is not None:
+            if not isinstance(http_method, str) or not http_method:
+                raise ValueError(f"http_method is {http_method!r}; it must be a method name such as 'POST'")
+            changes["http_method"] = http_method.upper()
+        if http_headers is not None:
+            if not isinstance(http_headers, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in http_headers.items()):
+                raise ValueError(f"http_headers is {http_headers!r}; it must be a dict of str to str")
+            changes["http_headers"] = dict(http_headers)
         if method_name is not None:
             if not isinstance(method_name, str) or not method_name:
                 raise ValueError(f"method_name is {method_name!r}; it must be a non-empty string")
@@ -114,7 +128,7 @@ class Handle:
         if session_id is None:
             session_id = current_session_id.get()
         response = Response(self._router, args, kwargs, o.method_name, session_id, o.shard_key,
-                            o.timeout_s, o.http)
+                            o.timeout_s, o.http, o.http_method, o.http_headers)
         self._router.submit(response)
         return response
 

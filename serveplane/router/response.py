@@ -31,11 +31,13 @@ class Response:
     __slots__ = ("router", "args", "kwargs", "deps", "method_name", "session_id", "shard_key",
                  "http", "timeout_s", "request_id", "backend", "replica", "ref", "attempts", "queued_under",
                  "shadows", "batch_index", "waiting", "done", "failure", "previous_ref",
-                 "previous_replica", "producers", "released", "watched", "started", "__weakref__")
+                 "previous_replica", "producers", "released", "watched", "started", "http_method",
+                 "http_headers", "__weakref__")
 
     def __init__(self, router: EndpointRouter, args: tuple, kwargs: dict, method_name: str,
                  session_id: str | None, shard_key: str | None, timeout_s: float,
-                 http: bool = False) -> None:
+                 http: bool = False, http_method: str | None = None,
+                 http_headers: dict[str, str] | None = None) -> None:
         self.router = router
         self.args = args
         self.kwargs = kwargs
@@ -45,6 +47,8 @@ class Response:
         self.shard_key = shard_key
         self.http = http  # from the HTTP proxy: only methods exposed over HTTP may run
         self.timeout_s = timeout_s
+        self.http_method = http_method    # for classic-convention backends (RequestMetadata)
+        self.http_headers = http_headers
         self.request_id = router.next_request_id()
         self.started = time.monotonic()  # the latency a caller sees is measured from here
         self.backend: str | None = None
@@ -189,6 +193,34 @@ class Response:
 
             return ray.put(self.result())  # a batch's ref holds every caller's answer
         return self.ref
+
+    def sent_ref(self, timeout: float | None = None) -> Any:
+        """The ``ObjectRef`` of this request's attempt as soon as a replica has it (not when
+        it completes), for callers that ``ray.get`` it themselves, as Ray Serve 1.x's
+        ``handle.remote()`` returned. The answer is then theirs to read: there is no retry,
+        and a replica that dies leaves its error in the ref (``object_ref()`` waits for the
+        final answer instead)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.ref is None:
+            if self.done and self.failure is not None:
+                raise self.failure
+            self._wait_routed_sync(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if self.batch_index is not None:
+            return self.object_ref(timeout)  # a batch's ref holds every caller's answer
+        ref = self.ref
+        self.router.detach(self)
+        return ref
+
+    async def sent_ref_async(self) -> Any:
+        """``sent_ref`` for async callers."""
+        await self.routed()
+        if self.batch_index is not None:
+            import ray
+
+            return ray.put(await self)
+        ref = self.ref
+        self.router.detach(self)
+        return ref
 
     def __reduce__(self) -> Any:
         raise TypeError("a serveplane Response cannot be pickled; pass response.object_ref() to a "

@@ -38,7 +38,12 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from serveplane.config import BackendConfig
-from serveplane.exceptions import BackPressureError, NoReplicasError, ReplicaDiedError
+from serveplane.exceptions import (
+    BackPressureError,
+    EndpointNotFoundError,
+    NoReplicasError,
+    ReplicaDiedError,
+)
 from serveplane.records import BackendInfo, EndpointInfo, ReplicaInfo, RequestMetadata, keys
 from serveplane.router import loop as loops
 from serveplane.router.backoff import ReplicaBackoff
@@ -99,6 +104,7 @@ class EndpointRouter:
         self._lock = threading.Lock()
         self._request_ids = itertools.count()
         self._info: EndpointInfo | None = None
+        self._deleted = False  # the controller published this endpoint as gone
         self._only_backend: str | None = None  # the one backend with weight > 0, if so
         self._policy: Router = make_policy("round_robin")
         self._policy_key: tuple[str, bytes | None] = ("round_robin", None)
@@ -143,6 +149,7 @@ class EndpointRouter:
             policy.load = self._load
         with self._lock:
             self._info = info
+            self._deleted = info is None  # a value of None is published only for a deleted endpoint
             weighted = [b for b, w in info.traffic.items() if w > 0] if info is not None else []
             self._only_backend = weighted[0] if len(weighted) == 1 else None
             if info is not None and policy is not None:
@@ -332,6 +339,12 @@ class EndpointRouter:
             waiter = self._queue.popleft()
             _call_soon(waiter.loop, self._hand_over, waiter, None)
 
+    def _check_exists_locked(self) -> None:
+        if self._deleted:
+            raise EndpointNotFoundError(
+                f"endpoint {self.endpoint!r} was deleted; create it again, or call an endpoint "
+                "that exists (client.list_endpoints())")
+
     def _reserve_queue_slot(self, request: Response) -> None:
         backend = request.backend or UNKNOWN_BACKEND
         limit = self._config(backend).max_queued_requests
@@ -399,6 +412,7 @@ class EndpointRouter:
         with self._lock:
             replica = self._try_pick(request)
             if replica is None:
+                self._check_exists_locked()
                 self._reserve_queue_slot(request)
                 unwatched = self._unwatched_locked()
         if replica is not None:
@@ -432,6 +446,8 @@ class EndpointRouter:
                             request.backend not in info.traffic:
                         request.backend = None  # traffic moved while it waited
                     replica = self._try_pick(request)
+                    if replica is None:
+                        self._check_exists_locked()  # deleted while it waited: fail now
                     if replica is None and remaining > 0:
                         if not reserved:
                             self._queued[request.backend or UNKNOWN_BACKEND] += 1
@@ -483,7 +499,8 @@ class EndpointRouter:
         assert replica is not None
         request.attempts += 1
         meta = RequestMetadata(request.request_id, self.endpoint, request.method_name,
-                               request.session_id, request.shard_key, http=request.http)
+                               request.session_id, request.shard_key, http=request.http,
+                               http_method=request.http_method, http_headers=request.http_headers)
         if request.deps:
             args, kwargs = request.resolved_args()
             request.producers = request.argument_producers()
@@ -504,6 +521,33 @@ class EndpointRouter:
             info = self._info
             if info is not None and info.shadows:
                 fire_shadows(self, request, info.shadows, args, kwargs)
+
+    def detach(self, request: Response) -> None:
+        """The caller took ``request``'s ``ObjectRef`` and reads the answer itself (Ray Serve
+        1.x's ``ray.get(handle.remote())``): no retry; when the call completes its slot is
+        freed, a replica that died is hidden and shadows are compared."""
+        ref = request.ref
+        with self._lock:
+            request.done = True
+            request.watched = True
+        self.transport.on_completed(ref, functools.partial(self._detached_done, request))
+
+    def _detached_done(self, request: Response, value: Any) -> None:
+        replica = request.replica
+        failure = Failure.APPLICATION
+        if isinstance(value, BaseException) and replica is not None:
+            failure = self.transport.classify(value, replica, request.producers)
+        if failure is Failure.REPLICA_DIED and replica is not None:
+            self.mark_dead(replica)
+        elif failure is Failure.REPLICA_UNAVAILABLE and replica is not None:
+            self.back_off(replica)
+        with self._lock:
+            if failure is Failure.APPLICATION and replica is not None:
+                self._backoff.answered(replica.actor_name)
+            self._release_locked(request)
+        shadows, request.shadows = request.shadows, []
+        for shadow in shadows:
+            shadow.on_primary(value)
 
     def finish(self, request: Response) -> None:
         """The caller read the answer (value or application error): free the slot, once."""

@@ -38,6 +38,7 @@ from typing import Any, Iterator
 
 import serveplane.backend_state.backend as backend_module
 import serveplane.controller.goals as goals_module
+import serveplane.long_poll.host as host_module
 from serveplane.backend_state import ReplicaState
 from serveplane.backend_state.backend import SERVING
 from serveplane.controller.controller import ServeController
@@ -92,19 +93,20 @@ def quiet_logs() -> Iterator[None]:
 
 @contextmanager
 def seeded_ids(rng: random.Random) -> Iterator[None]:
-    """Replica tags and goal ids from the seed, so that a run replays exactly."""
+    """Replica tags, goal ids and long-poll snapshot ids from the seed, so that a run replays
+    exactly."""
 
     class SeededUUID:
         @staticmethod
         def uuid4() -> uuid.UUID:
             return uuid.UUID(int=rng.getrandbits(128), version=4)
 
-    saved = backend_module.uuid, goals_module.uuid
-    backend_module.uuid = goals_module.uuid = SeededUUID  # type: ignore[assignment]
+    saved = backend_module.uuid, goals_module.uuid, host_module.uuid
+    backend_module.uuid = goals_module.uuid = host_module.uuid = SeededUUID  # type: ignore[assignment]
     try:
         yield
     finally:
-        backend_module.uuid, goals_module.uuid = saved
+        backend_module.uuid, goals_module.uuid, host_module.uuid = saved
 
 
 class Simulation:

@@ -200,3 +200,30 @@ def test_repr_and_statistics_show_the_state():
     host.notify_changed("a", 1)
     assert "keys: 1" in repr(host) and "listeners: 0" in repr(host)
     assert host.statistics()["snapshots_published"] == 1
+
+
+def test_snapshot_ids_are_ordered_within_a_host_and_across_generations():
+    from serveplane.long_poll import snapshot_at_least
+
+    old, new = LongPollHost(generation=3), LongPollHost(generation=4)
+    old.notify_changed("k", 1)
+    first = old.get("k").snapshot_id
+    old.notify_changed("k", 2)
+    second = old.get("k").snapshot_id
+    assert snapshot_at_least(second, first) and snapshot_at_least(first, first)
+    assert not snapshot_at_least(first, second)
+    assert not snapshot_at_least(None, first)
+    new.notify_changed("k", 2)
+    successor = new.get("k").snapshot_id
+    assert snapshot_at_least(successor, second)       # a successor recovered every change
+    assert not snapshot_at_least(second, successor)
+    twin = LongPollHost(generation=3)
+    twin.notify_changed("k", 2)
+    twin.notify_changed("k", 3)
+    assert not snapshot_at_least(twin.get("k").snapshot_id, first)  # same generation: unordered
+    assert old.snapshot_ids(["k", "missing"]) == {"k": second}
+
+
+def test_generation_must_be_a_non_negative_integer():
+    with pytest.raises(InvalidConfigError, match="generation is -1"):
+        LongPollHost(generation=-1)

@@ -88,3 +88,43 @@ class FuzzTarget:
 
     def hidden(self, request):
         return "should never be reached over HTTP"
+
+
+def answer_a(request):
+    return "a"
+
+
+def answer_b(request):
+    return "b"
+
+
+def native_echo(*args, **kwargs):
+    """Native convention: arguments straight through (an HTTP call passes one HTTPRequest)."""
+    if args and type(args[0]).__name__ == "HTTPRequest":
+        return {"type": "HTTPRequest", "q": args[0].query_params}
+    return {"args": list(args), "kwargs": kwargs}
+
+
+class Typed:
+    """Native, but asks for a real starlette Request by annotation."""
+
+    async def __call__(self, request: "Request"):  # noqa: F821 - resolved by name
+        return {"type": type(request).__module__ + "." + type(request).__name__,
+                "json": await request.json(), "q": dict(request.query_params)}
+
+
+class Classic:
+    """Ray Serve 1.x convention: one request object per call."""
+
+    async def __call__(self, request):
+        body = await request.body()
+        return {"type": type(request).__name__, "method": request.method,
+                "q": dict(request.query_params),
+                "body": body.decode() if isinstance(body, bytes) else body}
+
+
+def whose_instance(request):
+    """serveplane.connect() inside a backend: the backend's own instance."""
+    import serveplane
+
+    return serveplane.connect()._namespace

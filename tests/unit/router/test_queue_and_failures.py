@@ -352,3 +352,56 @@ def test_a_queued_request_never_waits_for_an_answer_nobody_reads():
     assert queued.result(timeout=5) == 2
     assert unread.result(timeout=5) == 1
     assert router.statistics()["in_flight"] == 0
+
+
+def test_deleted_endpoint_fails_new_and_queued_requests_at_once():
+    source, transport, router, h, _ = make(replicas={"b": 1}, config={"b": {"max_concurrent_queries": 1}})
+    from serveplane.exceptions import EndpointNotFoundError, NotFoundError
+
+    async def main():
+        first = h.remote(1)          # takes the only slot
+        queued = h.remote(2)         # waits in the queue
+        assert router.statistics()["queued"] == 1
+        source.set(keys.endpoint("ep"), None)  # the controller published the delete
+        with pytest.raises(EndpointNotFoundError, match="endpoint 'ep' was deleted"):
+            await asyncio.wait_for(queued, 1.0)  # not after the request's 60 s timeout
+        with pytest.raises(NotFoundError):
+            h.remote(3)
+        assert router.statistics()["queued"] == 0
+        transport.pending()[0].answer("in flight finishes")
+        assert await first == "in flight finishes"
+
+    asyncio.run(main())
+
+
+def test_an_endpoint_not_yet_known_waits_instead_of_failing():
+    source = StaticSource()
+    router = EndpointRouter("ep", source, transport=FakeTransport())
+    response = Handle(router).options(timeout_s=0.2).remote(1)
+    with pytest.raises(NoReplicasError):
+        response.result(timeout=2)
+
+
+def test_sent_ref_holds_the_slot_until_the_call_completes_then_frees_it():
+    """Ray Serve 1.x's ray.get(handle.remote()): the ObjectRef comes back once a replica has
+    the call; the router frees the slot when it completes, and never retries it."""
+    _, transport, router, h, _ = make(replicas={"b": 1}, config={"b": {"max_concurrent_queries": 1}})
+    ref = h.options(http_method="post", http_headers={"x-a": "1"}).remote(1, k=2).sent_ref(timeout=1)
+    call = transport.calls[0]
+    assert ref is call and (call.meta.http_method, call.meta.http_headers) == ("POST", {"x-a": "1"})
+    assert router.statistics()["in_flight"] == 1
+    call.answer("done")
+    assert router.statistics()["in_flight"] == 0
+    dying = h.remote(3).sent_ref(timeout=1)
+    dying.die()
+    assert len(transport.calls) == 2  # not retried: the caller holds that attempt's ref
+    stats = router.statistics()
+    assert stats["in_flight"] == 0 and stats["dead_replicas"] == [call.replica.actor_name]
+
+
+def test_handle_options_refuse_bad_http_options():
+    _, _, _, h, _ = make()
+    with pytest.raises(ValueError, match="http_headers is"):
+        h.options(http_headers={"x": 1})
+    with pytest.raises(ValueError, match="http_method is"):
+        h.options(http_method="")

@@ -85,3 +85,18 @@ def test_checkpoint_round_trip(state):
     copy.load_checkpoint(state.to_checkpoint())
     assert copy.records() == state.records()
     assert copy.routes() == {"/ep": ("ep", ("GET", "POST"))}
+
+
+def test_endpoint_names_may_hold_slashes_as_in_ray_serve_1x():
+    from serveplane.endpoint_state.state import validate_name
+
+    assert validate_name("endpoint", "delete_endpoint/delete-endpoint") == "delete_endpoint/delete-endpoint"
+
+
+def test_a_backend_tag_with_a_slash_is_refused_with_how_to_migrate():
+    from serveplane.endpoint_state.state import validate_name
+    from serveplane.exceptions import InvalidConfigError
+
+    with pytest.raises(InvalidConfigError, match=r"backend name 'models/a' is invalid.*Ray Serve 1.x "
+                                                 r"allowed '/'.*rename it, e.g. 'models-a'"):
+        validate_name("backend", "models/a")
