@@ -4,7 +4,8 @@ Over HTTP (a request from the proxy: ``RequestMetadata.http``) a backend exposes
 the methods named in ``BackendConfig(http_methods=[...])`` and those marked
 ``@serveplane.http_method``, and never ``reconfigure``, ``check_health`` or a private name
 (leading underscore), whatever the config or a mark says. Handles (callers inside the
-cluster) keep calling any public method.
+cluster) keep calling any public method. Backends of the classic (Ray Serve 1.x) request
+convention keep 1.x's rule: every public method over HTTP, the same three exclusions.
 
 An HTTP request for a method that does not exist gets the same answer as one for a method
 that is not exposed, so the HTTP surface does not tell which methods a backend has.

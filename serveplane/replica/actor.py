@@ -170,7 +170,10 @@ class ReplicaActor:
             if http:
                 raise not_exposed(method_name)
             raise AttributeError(f"backend {self._backend!r} has no method {method_name!r}")
-        if http and not exposed_over_http(method_name, method, self._config.http_methods):
+        # the classic (1.x) convention keeps 1.x's rule: every public method over HTTP (never
+        # reconfigure, check_health or private names: check_name_over_http refused them above)
+        if http and self._convention is not RequestConvention.CLASSIC \
+                and not exposed_over_http(method_name, method, self._config.http_methods):
             raise not_exposed(method_name)
         return method
 

@@ -58,6 +58,7 @@ class MakeRun:
         self.env = dict(os.environ, SERVEPLANE_STATE_DIR=state_dir)
         self.env.pop("RAY_ADDRESS", None)
         self.lines: list[str] = []
+        self.loads: list[subprocess.Popen] = []
         self.proc = subprocess.Popen(
             ["make", "-s", target, f"RUN_ARGS=--port {port}"], cwd=str(ROOT), text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(self.env, RAY_ADDRESS="local"),
@@ -75,6 +76,11 @@ class MakeRun:
 
     def stop(self) -> str:
         """Ctrl-C, as a terminal sends it: to make and the serveplane process it started."""
+        for load in self.loads:
+            try:
+                os.killpg(load.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         os.killpg(self.proc.pid, signal.SIGINT)
         try:
             rest, _ = self.proc.communicate(timeout=90)
@@ -82,6 +88,13 @@ class MakeRun:
             os.killpg(self.proc.pid, signal.SIGKILL)
             rest, _ = self.proc.communicate(timeout=30)
         return rest
+
+    def background(self, command: str) -> None:
+        """A README line that starts a load in the background (``( ... &)``): bash, in a
+        process group of its own that ``stop`` ends."""
+        self.loads.append(subprocess.Popen(
+            ["bash", "-c", command.replace("127.0.0.1:8000", f"127.0.0.1:{self.port}")], cwd=str(ROOT),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env, start_new_session=True))
 
     def run(self, command: str) -> subprocess.CompletedProcess:
         """One README line, in a second terminal: curl's port follows the test's."""
@@ -102,7 +115,7 @@ def test_readme_lists_the_commands_this_file_runs():
     assert commands[:1] == ["make run"]
     assert {"make run-embedding", ".venv/bin/serveplane status"} <= set(commands)
     runnable = [c for c in commands if c not in NOT_RUN]
-    assert all(c.startswith(("make run", "curl ", ".venv/bin/serveplane ")) for c in runnable), runnable
+    assert all(c.startswith(("make run", "curl ", ".venv/bin/serveplane ", "(for i in")) for c in runnable), runnable
 
 
 @pytest.mark.timeout(600)
@@ -117,9 +130,20 @@ def test_quickstart_commands_as_the_readme_says(tmp_path):
         assert_first_screen_is_serveplanes_own(screen)
         assert f"try:  curl -s 'http://127.0.0.1:{port}/sentiment?text=what+a+great+movie'" in screen
         assert "sentiment:v2=0.1  sentiment:v2=0.2" in screen  # TRAFFIC and SHADOWS apart
+        rolled_back_once = False
         for command in commands[1:]:
+            if command.startswith("(for i in"):
+                run.background(command)
+                continue
             done = run.run(command)
-            assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
+            rolled_back = "rollout sentiment sentiment:v3" in command
+            assert done.returncode == (1 if rolled_back else 0), f"{command}\n{done.stdout}\n{done.stderr}"
+            if "rollout sentiment sentiment:v2" in command:
+                assert "sentiment -> sentiment:v2: succeeded" in done.stdout, done.stdout
+            elif rolled_back:
+                assert "sentiment -> sentiment:v3: rolled_back" in done.stdout, done.stdout
+                assert "canary error rate" in done.stdout, done.stdout
+                rolled_back_once = True
             if command.startswith("curl "):
                 answer = json.loads(done.stdout)
                 assert answer["version"] in ("v1", "v2") and answer["label"], answer
@@ -129,9 +153,13 @@ def test_quickstart_commands_as_the_readme_says(tmp_path):
                 # read your writes: the very next requests are all served by v2
                 for _ in range(10):
                     assert httpx.get(f"http://127.0.0.1:{port}/sentiment?text=fine").json()["version"] == "v2"
+            elif command.endswith("status") and rolled_back_once:
+                assert "ROLLOUTS" in done.stdout and "sentiment:v3: rolled_back" in done.stdout, done.stdout
             elif command.endswith("status"):
                 assert re.search(r"sentiment\s+/sentiment\s+sentiment:v1=0.9 sentiment:v2=0.1\s+"
                                  r"sentiment:v2=0.2", done.stdout), done.stdout
+            elif "migrate-state" in command:
+                assert "nothing to migrate" in done.stdout, done.stdout  # the quickstart's state is current
             elif command.endswith("--dry-run"):
                 assert "~ endpoint sentiment: traffic" in done.stdout, done.stdout
             elif command.endswith("apply examples/quickstart.yaml"):
