@@ -23,6 +23,8 @@ BENCHMARKS = [
     ("HTTP proxy memory under many large, slow uploads (bounded vs limits lifted)", "proxy_memory.py", []),
     ("Batching throughput", "batching.py", []),
     ("Control-plane latency (goals, recovery)", "control_plane.py", ["--repeats", "3"]),
+    ("Read your writes (change calls with and without the wait for proxies)", "read_your_writes.py",
+     ["--rounds", "60"]),
     ("Control-plane scale with fake replicas", "control_plane_scale.py", []),
     ("Long-poll fan-out", "long_poll.py", ["--clients", "200", "--rounds", "20", "--baseline"]),
     ("Embedding example (needs the torch extra)", "embedding.py", []),
