@@ -236,8 +236,15 @@ class Client:
                       shadow_s: float = 0.0, shadow_proportion: float = 1.0) -> dict[str, Any]:
         """Move ``endpoint_name`` to ``backend_tag`` step by step, each step guarded by the
         canary's own figures (README, "Progressive rollouts"). Returns the rollout."""
-        return self._call("start_rollout", endpoint_name, backend_tag, list(steps), interval_s,
-                          dict(guards) if guards is not None else None, shadow_s, shadow_proportion)
+        rollout = self._call("start_rollout", endpoint_name, backend_tag, list(steps), interval_s,
+                             dict(guards) if guards is not None else None, shadow_s, shadow_proportion)
+        self._confirm_endpoint(endpoint_name)
+        return rollout
+
+    def _confirm_endpoint(self, endpoint_name: str) -> None:
+        """After a rollout call moved the endpoint's traffic: every proxy serves it."""
+        if self.read_your_writes:
+            self._confirm(self._call("snapshot_ids", [keys.endpoint(endpoint_name)]))
 
     def get_rollout(self, endpoint_name: str) -> dict[str, Any]:
         """endpoint, backend, source, state, step, weight, steps, reason, history, ..."""
@@ -257,11 +264,15 @@ class Client:
         return self._call("pause_rollout", endpoint_name)
 
     def resume_rollout(self, endpoint_name: str) -> dict[str, Any]:
-        return self._call("resume_rollout", endpoint_name)
+        rollout = self._call("resume_rollout", endpoint_name)
+        self._confirm_endpoint(endpoint_name)
+        return rollout
 
     def abort_rollout(self, endpoint_name: str) -> dict[str, Any]:
         """Back to the source traffic now; state ``aborted``."""
-        return self._call("abort_rollout", endpoint_name)
+        rollout = self._call("abort_rollout", endpoint_name)
+        self._confirm_endpoint(endpoint_name)
+        return rollout
 
     # -- data path ---------------------------------------------------------------------
     def get_handle(self, endpoint_name: str) -> Any:

@@ -149,8 +149,10 @@ def test_a_controller_killed_mid_rollout_resumes_at_its_step(serve_instance):
 
 def test_pause_resume_abort_through_the_client(serve_instance):
     client = serve_instance
-    deploy(client)
+    handle = deploy(client)
+    handle.remote(1).result(timeout=30)  # this process's router is up
     client.start_rollout("model", "v2", steps=[0.5, 1.0], interval_s=600, guards=GUARDS)
+    assert handle.router.statistics()["traffic"] == {"v1": 0.5, "v2": 0.5}  # read your writes
     assert client.pause_rollout("model")["state"] == "paused"
     assert client.resume_rollout("model")["state"] == "running"
     client.set_traffic("model", {"v1": 1.0})
@@ -158,6 +160,7 @@ def test_pause_resume_abort_through_the_client(serve_instance):
     rollout = client.abort_rollout("model")
     assert rollout["state"] == "aborted"
     assert client.list_endpoints()["model"]["traffic"] == {"v1": 1.0}
+    assert handle.router.statistics()["traffic"] == {"v1": 1.0}
 
 
 def test_a_redis_outage_during_a_step_neither_advances_nor_loses_the_rollout(ray_session, redis_server):
