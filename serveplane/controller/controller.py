@@ -1,4 +1,5 @@
-"""The controller actor: the one owner of hard state, and its RPC surface.
+"""The controller actor: the one owner of hard state, and its RPC surface (the rollout
+RPCs are in ``rollout_rpcs.py``, router reports and metrics in ``metrics_rpcs.py``).
 
 Invariants:
 - every RPC that changes state validates fully, builds the ``Change`` (records, goals and
@@ -28,14 +29,13 @@ import json
 import logging
 import math
 import time
-from typing import Any, Callable, Protocol
-
-import ray
+from typing import Any, Callable
 
 from serveplane import placement
 from serveplane.backend_state import BackendRecord, BackendState, BackendStateManager, ReplicaActorWrapper
 from serveplane.backend_state.replica import ReplicaState
 from serveplane.config import parse_backend_config, validate_actor_options
+from serveplane.controller.actors import ActorDirectory, RayActorDirectory
 from serveplane.controller.autoscaler import Autoscaler
 from serveplane.controller.goals import FINISHED_RECORD, Goal, GoalManager
 from serveplane.controller.persistence import (
@@ -44,24 +44,23 @@ from serveplane.controller.persistence import (
     Persistence,
     thread_runner,
 )
+from serveplane.controller.metrics_rpcs import MetricsRPCs
 from serveplane.controller.reconciler import Reconciler, StepReport
-from serveplane.controller.rollouts import RolloutDriver, with_rollout
+from serveplane.controller.rollout_rpcs import RolloutRPCs
+from serveplane.controller.rollouts import RolloutDriver
 from serveplane.endpoint_state import EndpointRecord, EndpointState
 from serveplane.endpoint_state.state import validate_name
 from serveplane.exceptions import (
-    BackendNotFoundError,
     CorruptCheckpointError,
     DuplicateError,
     InUseError,
     InvalidConfigError,
-    NotFoundError,
     StaleEpochError,
 )
 from serveplane.kv_store import RecordStore, StateKey, open_store
 from serveplane.long_poll import LongPollHost
-from serveplane.records import REPLICA_NAME_PREFIX, keys
+from serveplane.records import keys
 from serveplane.redact import redact_url
-from serveplane.rollout import FINAL, Rollout, RolloutState, validate_rollout
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +91,7 @@ def _check_json(tag: str, user_config: Any) -> None:
             "use dicts, lists, strings and numbers") from None
 
 
-class ServeController:
+class ServeController(RolloutRPCs, MetricsRPCs):
     """Run as a named, detached async Ray actor (see ``serveplane.api.start``).
 
     ``state_key`` authenticates everything it reads from and writes to the store (the driver
@@ -336,62 +335,6 @@ class ServeController:
                 pass
         return len(orphans)
 
-    # -- router reports ------------------------------------------------------------------
-    async def record_handle_metrics(self, router_id: str, per_backend: dict[str, dict[str, float]],
-                                    router_stats: dict[str, Any] | None = None) -> None:
-        """Routers push queued / in-flight / rate per backend (a few times a second at most)."""
-        now = time.monotonic()
-        self._autoscaler.record(router_id, per_backend, now)
-        if router_stats is not None:
-            self._router_stats[router_id] = (now, router_stats)
-
-    async def get_metrics(self, timeout_s: float = 2.0) -> dict[str, Any]:
-        """Service, replica and shadow figures (replica calls happen outside the lock)."""
-        from serveplane.metrics import merge_router_reports, summarize
-
-        now = time.monotonic()
-        targets = [(s.tag, info) for s in self._backends for info in s.serving_infos()]
-        mcq = {s.tag: s.record.config.max_concurrent_queries for s in self._backends}
-
-        async def one(info: Any) -> dict[str, Any]:
-            try:
-                data = await asyncio.wait_for(info.actor_handle.get_metrics.remote(), timeout_s)
-                return dict(data, healthy=True)
-            except Exception:  # noqa: BLE001 - a replica that does not answer counts as unhealthy
-                return {"healthy": False}
-
-        results = await asyncio.gather(*(one(info) for _, info in targets))
-        replicas = {info.actor_name: dict(data, backend=tag, max_concurrent_queries=mcq.get(tag, 1))
-                    for (tag, info), data in zip(targets, results)}
-        merged = merge_router_reports(stats for at, stats in self._router_stats.values() if now - at <= 10.0)
-        queued = {tag: self._autoscaler.aggregate(tag, now)["queued"] for tag in mcq}
-        summary = summarize(replicas, queued, merged["shadows"], merged["sessions"],
-                            [e.as_dict() for e in self._autoscaler.events])
-        summary["endpoints"] = {n: sorted(set(r.traffic) | set(r.shadows))
-                                for n, r in self._endpoints.records().items()}
-        summary["requests"] = merged["requests"]
-        summary["rollouts"] = {n: self._rollout_view(n) for n, r in self._endpoints.records().items()
-                               if r.rollout is not None}
-        summary["rollbacks"] = [{"endpoint": ep, "reason": reason, "count": n}
-                                for (ep, reason), n in sorted(self.rollbacks.items())]
-        return summary
-
-    async def report_replica_failure(self, backend: str, actor_name: str) -> bool:
-        """A router saw this replica die: health-check it now, so every router learns at once
-        (the report is verified, never trusted: a live replica stays)."""
-        state = self._backends.get_any(backend)
-        if state is None:
-            return False
-        for replica in state.replicas:
-            if replica.wrapper.actor_name == actor_name:
-                replica.wrapper.probe_now()
-                self._backends.mark_active(backend)
-                return True
-        return False
-
-    async def get_scaling_events(self) -> list[dict[str, Any]]:
-        return [e.as_dict() for e in self._autoscaler.events]
-
     # -- changes -----------------------------------------------------------------------
     def _blob_writes(self, blobs: dict[str, bytes | None], removed: tuple[str, ...],
                      added: tuple[str, ...]) -> dict[str, bytes | None]:
@@ -560,90 +503,6 @@ class ServeController:
             self._publish_removed(tag)
             return goal.id
 
-    def _rollouts_aborted_by_deleting(self, tag: str) -> dict[str, EndpointRecord]:
-        """Endpoint records whose unfinished rollout of canary ``tag`` deleting it aborts:
-        only while the rollout owns the traffic (once the operator set it by hand, their
-        traffic stands, and deleting a backend it uses is refused as usual)."""
-        out = {}
-        for name, record in self._endpoints.records().items():
-            rollout = record.rollout
-            if rollout is not None and rollout.backend == tag and rollout.state not in FINAL \
-                    and not rollout.operator_override:
-                out[name] = with_rollout(record, rollout.abort(
-                    self._wall(), f"its canary backend {tag!r} was deleted"))
-        return out
-
-    # -- rollouts ----------------------------------------------------------------------
-    async def start_rollout(self, endpoint: str, backend: str, steps: Any, interval_s: Any = 60.0,
-                            guards: Any = None, shadow_s: Any = 0.0,
-                            shadow_proportion: Any = 1.0) -> dict[str, Any]:
-        async with self._lock:
-            record = self._endpoints.get(endpoint)
-            if not self._backends.exists(backend):
-                raise BackendNotFoundError(
-                    f"canary backend {backend!r} does not exist; known backends: "
-                    f"{', '.join(self._backends.tags()) or 'none'}")
-            current = record.rollout
-            if current is not None and current.state not in FINAL:
-                raise DuplicateError(
-                    f"endpoint {endpoint!r} already has a {current.state.value} rollout of "
-                    f"{current.backend!r}; abort_rollout it first (one rollout per endpoint)")
-            parsed = validate_rollout(endpoint, backend, dict(record.traffic), steps, interval_s, guards,
-                                      shadow_s, shadow_proportion)
-            steps_t, interval, guards_m, shadow, proportion = parsed
-            now = self._wall()
-            rollout = Rollout(
-                endpoint=endpoint, backend=backend, source=dict(record.traffic),
-                source_shadows=dict(record.shadows), steps=steps_t, interval_s=interval,
-                guards=guards_m, shadow_s=shadow, shadow_proportion=proportion,
-                state=RolloutState.SHADOWING if shadow > 0 else RolloutState.RUNNING,
-                step=-1 if shadow > 0 else 0, step_started_at=now)
-            rollout = rollout.note(now, "started: " + (f"shadow phase ({shadow:g}s)" if shadow > 0
-                                                        else f"step 0 (weight {steps_t[0]:g})"))
-            await self._commit_endpoint(with_rollout(record, rollout), endpoint)
-            return self._rollout_view(endpoint)
-
-    def _rollout_view(self, endpoint: str) -> dict[str, Any]:
-        record = self._endpoints.get(endpoint)
-        if record.rollout is None:
-            raise NotFoundError(f"endpoint {endpoint!r} has no rollout; start one with start_rollout")
-        view = record.rollout.public()
-        verdict = self._rollouts.verdicts.get(endpoint)
-        if record.rollout.active and verdict is not None:
-            view["reason"] = verdict.reason
-            view["readings"] = verdict.readings
-        view["traffic"] = dict(record.traffic)
-        return view
-
-    async def get_rollout(self, endpoint: str) -> dict[str, Any]:
-        return self._rollout_view(endpoint)
-
-    async def wait_for_rollout(self, endpoint: str, timeout_s: float) -> dict[str, Any]:
-        self._rollout_view(endpoint)  # raises for an unknown endpoint or no rollout
-        await self._rollouts.wait(endpoint, timeout_s)
-        return self._rollout_view(endpoint)
-
-    async def _move_rollout(self, endpoint: str, move: Callable[[Rollout, float], Rollout]) -> dict[str, Any]:
-        async with self._lock:
-            record = self._endpoints.get(endpoint)
-            if record.rollout is None:
-                raise NotFoundError(f"endpoint {endpoint!r} has no rollout; start one with start_rollout")
-            await self._commit_endpoint(with_rollout(record, move(record.rollout, self._wall())), endpoint)
-            return self._rollout_view(endpoint)
-
-    async def pause_rollout(self, endpoint: str) -> dict[str, Any]:
-        return await self._move_rollout(endpoint, lambda r, now: r.pause(now, "paused by the operator"))
-
-    async def resume_rollout(self, endpoint: str) -> dict[str, Any]:
-        return await self._move_rollout(endpoint, lambda r, now: r.resume(now))
-
-    async def abort_rollout(self, endpoint: str) -> dict[str, Any]:
-        return await self._move_rollout(endpoint, lambda r, now: r.abort(now, "aborted by the operator"))
-
-    def _count_rollback(self, rollout: Rollout) -> None:
-        guard = rollout.reason.split(" > ")[0] if " > " in rollout.reason else rollout.reason
-        self.rollbacks[(rollout.endpoint, guard[:80])] += 1
-
     # -- endpoints ---------------------------------------------------------------------
     def _endpoint_snapshot_ids(self, name: str) -> dict[str, str]:
         """Snapshot ids of the long-poll keys an endpoint change touches: what a client waits
@@ -711,14 +570,6 @@ class ServeController:
             record = self._endpoints.validate_shadow(name, backend, proportion)
             return await self._commit_endpoint(
                 self._operator_wins(record, f"shadow_traffic({backend!r}, {proportion})"), name)
-
-    def _operator_wins(self, record: EndpointRecord, call: str) -> EndpointRecord:
-        """A manual traffic change pauses the endpoint's active rollout, in the same write."""
-        rollout = record.rollout
-        if rollout is None or rollout.state in FINAL:
-            return record
-        return record.model_copy(update={"rollout": rollout.overridden(
-            self._wall(), f"the operator changed the traffic by hand: {call}")})
 
     async def set_router(self, name: str, router: Any = None,
                          router_blob: bytes | None = None) -> dict[str, str]:
@@ -807,28 +658,6 @@ class ServeController:
             self._goals.load([])
             self._persistence.refs.apply(self._persistence.refs.referenced(), ())
         await self._sweep_orphans()
-
-
-class ActorDirectory(Protocol):
-    """The replica actors that exist, by name (blocking calls: run through ``run_ray``)."""
-
-    def replica_names(self) -> list[str]: ...
-    def kill(self, name: str) -> None: ...
-
-
-class RayActorDirectory:
-    def __init__(self, namespace: str) -> None:
-        self.namespace = namespace
-
-    def replica_names(self) -> list[str]:
-        return [e["name"] for e in ray.util.list_named_actors(all_namespaces=True)
-                if e.get("namespace") == self.namespace and e.get("name", "").startswith(REPLICA_NAME_PREFIX)]
-
-    def kill(self, name: str) -> None:
-        try:
-            ray.kill(ray.get_actor(name, namespace=self.namespace), no_restart=True)
-        except ValueError:
-            pass  # gone already
 
 
 class _BlobRouter:
