@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from typing import Any, Iterator
+from typing import Iterator
 
 from serveplane.backend_state.backend import BackendState, WrapperFactory
 from serveplane.backend_state.record import BackendRecord
@@ -104,13 +104,7 @@ class BackendStateManager:
     def reschedule(self, state: BackendState, now: float) -> None:
         self.schedule(state.tag, state.next_wakeup(now))
 
-    def scheduled(self) -> int:
-        return len(self._due_at)
-
     # -- views -----------------------------------------------------------------------
-    def to_checkpoint(self) -> dict[str, Any]:
-        return {tag: s.record.model_dump(mode="json") for tag, s in self._backends.items()}
-
     def all_replica_names(self) -> set[str]:
         return {r.wrapper.actor_name for s in self._backends.values() for r in s.replicas}
 

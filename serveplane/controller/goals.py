@@ -74,9 +74,6 @@ class GoalManager:
     def pending_for(self, backend: str) -> list[Goal]:
         return [g for g in self._pending.values() if g.backend == backend]
 
-    def has_pending(self, backend: str) -> bool:
-        return any(g.backend == backend for g in self._pending.values())
-
     def latest_pending(self, backend: str) -> str | None:
         pending = self.pending_for(backend)
         return pending[-1].id if pending else None

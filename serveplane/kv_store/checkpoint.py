@@ -228,10 +228,6 @@ class RecordStore:
             self.recovered_from_backup.append(str(primary_error))
             return payload
 
-    def size_bytes(self) -> int:
-        """Bytes of the records' primary copies (blobs and copies not counted)."""
-        return sum(len(self.store.get(key) or b"") for key in self.store.list(self._prefix))
-
     # -- blobs -----------------------------------------------------------------------------
     def put_blob(self, data: bytes) -> str:
         """Store ``data`` under its SHA-256 (once, no fence needed) and return the hex digest."""
