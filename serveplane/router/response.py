@@ -179,6 +179,7 @@ class Response:
         ``timeout`` bounds this wait only; the request's deadline (``timeout_s``) ends the
         request itself."""
         waited = None if timeout is None else time.monotonic() + timeout
+        deadline: float | None
         if self.deadline is not None and (waited is None or self.deadline <= waited):
             deadline, own = self.deadline, True
         else:
