@@ -42,7 +42,7 @@ class Response:
     # ``state`` is moved by the router only, under its lock.
     __slots__ = ("router", "args", "kwargs", "deps", "method_name", "session_id", "shard_key",
                  "http", "timeout_s", "request_id", "backend", "replica", "ref", "attempts", "queued_under",
-                 "shadows", "batch_index", "waiting", "state", "failure", "previous_ref",
+                 "shadows", "batch_index", "batch", "waiting", "state", "failure", "previous_ref",
                  "previous_replica", "producers", "released", "watched", "started", "http_method",
                  "http_headers", "deadline", "wall_deadline", "queue_deadline", "stream", "chunks",
                  "__weakref__")
@@ -82,6 +82,7 @@ class Response:
         self.queued_under: str | None = None
         self.shadows: list[Any] = []
         self.batch_index: int | None = None  # position in a router-side batch
+        self.batch: BatchCall | None = None  # that batch's call, awaited once per event loop
         self.waiting: Any = None         # Task / concurrent Future while the request waits
         self.state = RequestState.NEW
         self.released = True             # holds no slot (set False when it claims one)
@@ -227,11 +228,13 @@ class Response:
                 await self.routed()  # the queue enforces the deadline while it waits
                 continue
             try:
+                batch = self.batch
+                pending = ref if batch is None or batch.ref is not ref else batch.value()
                 if self.deadline is None:
-                    value = await ref
+                    value = await pending
                 else:
                     with loops.Deadline(self.deadline - time.monotonic()):
-                        value = await ref
+                        value = await pending
                 if self.batch_index is not None:
                     value = _unpack(value, self.batch_index)
             except loops.DeadlinePassed:
@@ -323,6 +326,29 @@ class Response:
         where = self.replica.actor_name if self.replica is not None else (
             "failed" if self.failure is not None else "waiting")
         return f"<Response {self.router.endpoint}.{self.method_name} -> {where} ({self.state.value})>"
+
+
+class BatchCall:
+    """The one actor call of a router-side batch. Its callers on one event loop share one
+    await of its ref (one Ray completion callback per loop, not one per caller); each
+    caller waits through a shield, so cancelling one caller leaves the others waiting."""
+
+    __slots__ = ("ref", "_tasks")
+
+    def __init__(self, ref: Any) -> None:
+        self.ref = ref
+        self._tasks: dict[asyncio.AbstractEventLoop, asyncio.Future] = {}
+
+    def value(self) -> Any:
+        loop = asyncio.get_running_loop()
+        task = self._tasks.get(loop)
+        if task is None:
+            task = self._tasks[loop] = asyncio.ensure_future(_awaited(self.ref))
+        return asyncio.shield(task)
+
+
+async def _awaited(ref: Any) -> Any:
+    return await ref
 
 
 def _responses_in(args: tuple, kwargs: dict) -> tuple[Response, ...]:

@@ -78,6 +78,8 @@ from serveplane.router.shadows import fire_shadows
 from serveplane.router.stats import RouterStats
 from serveplane.router.transport import RAY_TRANSPORT, Failure, Transport
 
+from serveplane.router.response import BatchCall
+
 if TYPE_CHECKING:
     from serveplane.router.response import Response
     from serveplane.router.source import ConfigSource
@@ -704,6 +706,7 @@ class EndpointRouter:
             request.ref = None
             request.replica = None
             request.batch_index = None  # retried on its own
+            request.batch = None
         self._reroute(request, placeholder, settle_deps=kind is Failure.DEPENDENCY_DIED)
         return None
 
@@ -797,9 +800,11 @@ class EndpointRouter:
     def sent_batch(self, batch: list[Response], ref: Any) -> None:
         """The requests of ``batch`` are running as one call (``ref`` answers them all)."""
         cancelled = False
+        call = BatchCall(ref)
         with self._lock:
             for index, request in enumerate(batch):
                 request.batch_index = index
+                request.batch = call
                 request.attempts = 1
                 if request.state.final:  # cancelled while it was sent: its slot is free already
                     cancelled = True
