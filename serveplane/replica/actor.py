@@ -47,6 +47,7 @@ from serveplane.replica.metrics import ReplicaMetrics
 from serveplane.router.loop import Deadline
 from serveplane.replica.streaming import (
     Handoffs,
+    coalesce,
     StreamHandoff,
     Whole,
     is_streaming_response,
@@ -308,13 +309,13 @@ class ReplicaActor:
             with _deadline_scope(meta):
                 if self._streams(meta.method_name, method):
                     # calling a generator function runs none of its code: no worker needed
-                    async for chunk in iterate(method(*args, **kwargs), self._run_sync):
+                    async for chunk in coalesce(iterate(method(*args, **kwargs), self._run_sync)):
                         yield chunk
                 else:
                     result = await self._call(method, args, kwargs)
                     if is_streaming_response(result):
                         yield stream_start(result)
-                        async for chunk in result.body_iterator:
+                        async for chunk in coalesce(result.body_iterator):
                             yield chunk
                     else:
                         yield Whole(result)
@@ -334,7 +335,7 @@ class ReplicaActor:
         """The body of a ``StreamHandoff`` this replica answered (streaming call)."""
         body = self._handoffs.take(stream_id)
         try:
-            async for chunk in body:
+            async for chunk in coalesce(body):
                 yield chunk
         except asyncio.CancelledError:
             self._cancelled += 1
