@@ -30,9 +30,12 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
 # Unread objects a producer may run ahead of its consumer (Ray's generator back-pressure).
-STREAM_BUFFER = 16
-# At most this many chunks travel in one object (and wait in the replica for one).
-COALESCE_MAX = 64
+STREAM_BUFFER = 4
+# One object carries at most this many chunks, and at most about this many bytes of them;
+# at most COALESCE_MAX chunks wait in the replica for the next object. A stream whose reader
+# stops holds at most (STREAM_BUFFER + 1) objects and COALESCE_MAX chunks in flight.
+COALESCE_MAX = 256
+COALESCE_BYTES = 64 * 1024
 # A handed-off body nobody pulls is dropped after this long.
 HANDOFF_TTL_S = 60.0
 
@@ -93,8 +96,10 @@ async def coalesce(chunks: AsyncIterator[Any], limit: int = COALESCE_MAX) -> Asy
     try:
         while True:
             batch = [await queue.get()]
-            while len(batch) < limit and not queue.empty():
+            size = _size(batch[0])
+            while len(batch) < limit and size < COALESCE_BYTES and not queue.empty():
                 batch.append(queue.get_nowait())
+                size += _size(batch[-1])
             last = batch[-1]
             ended = last is _END or isinstance(last, _Raised)
             ready = batch[:-1] if ended else batch
@@ -113,6 +118,10 @@ async def coalesce(chunks: AsyncIterator[Any], limit: int = COALESCE_MAX) -> Asy
                 await producer
             except BaseException:  # noqa: BLE001 - its CancelledError, or what cleanup raised
                 pass
+
+
+def _size(chunk: Any) -> int:
+    return len(chunk) if isinstance(chunk, (str, bytes, bytearray)) else 64
 
 
 def is_streaming_response(result: Any) -> bool:
