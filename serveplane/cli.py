@@ -14,6 +14,7 @@ from typing import Any
 from serveplane.cli_rollout import add_rollout_commands, rollout_lines
 from serveplane import cli_state
 from serveplane.exceptions import ServeplaneError
+from serveplane.progress import render_status, wants_colour
 
 DEFAULT_NAMESPACE = "serveplane"
 
@@ -61,6 +62,10 @@ def format_table(headers: list[str], rows: list[list[str]], gap: int = 2) -> lis
     return [line(headers), "-" * len(line(["-" * w for w in widths])), *(line(r) for r in rows)]
 
 
+def _rollouts(client: Any, status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {n: client.get_rollout(n) for n, e in status["endpoints"].items() if e.get("rollout")}
+
+
 def status_table(client: Any) -> str:
     status = client.get_status()
     backend_rows = []
@@ -78,8 +83,7 @@ def status_table(client: Any) -> str:
         endpoint_rows.append([name, e["route"] or "-", traffic, shadows])
     lines = format_table(["BACKEND", "RUNNING/TARGET", "STATES", ""], backend_rows)
     lines += ["", *format_table(["ENDPOINT", "ROUTE", "TRAFFIC", "SHADOWS"], endpoint_rows)]
-    rollouts = {n: client.get_rollout(n) for n, e in status["endpoints"].items() if e.get("rollout")}
-    lines += rollout_lines(status, rollouts)
+    lines += rollout_lines(status, _rollouts(client, status))
     refused = status.get("refused") or []
     if refused:
         lines += ["", f"REFUSED STATE: {len(refused)} item(s) of the store not loaded, never run "
@@ -111,7 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        apply(client, config, Path(args.config).resolve().parent)
+        apply(client, config, Path(args.config).resolve().parent, watch=_watcher(client))
         print()
         print(status_table(client))
         print()
@@ -139,14 +143,24 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)  # refused before connecting: nothing applied
     client = _client(args)
-    apply(client, config, Path(args.config).resolve().parent, dry_run=args.dry_run)
+    apply(client, config, Path(args.config).resolve().parent, dry_run=args.dry_run,
+          watch=_watcher(client))
     return 0
+
+
+def _watcher(client: Any) -> Any:
+    from serveplane.progress import StartupWatcher
+
+    return StartupWatcher(client.get_status).watching
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     client = _client(args)
     if args.json:
         print(json.dumps(client.get_status(), indent=2, default=str))
+    elif wants_colour(sys.stdout):
+        status = client.get_status()
+        render_status(status, _rollouts(client, status), sys.stdout)
     else:
         print(status_table(client))
     return 0
