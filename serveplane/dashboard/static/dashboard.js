@@ -70,7 +70,9 @@
   };
 
   function guardRows(r) {
-    const readings = r.readings || {};
+    // a finished rollout has no live readings: show those of its last decision
+    const lastRead = (r.history || []).slice().reverse().find((h) => h.readings && Object.keys(h.readings).length);
+    const readings = r.readings || (lastRead ? lastRead.readings : {});
     return Object.entries(r.guards || {}).filter(([g]) => g in GUARD_READING).map(([g, limit]) => {
       const [field, fmt] = GUARD_READING[g];
       const reading = readings[field];
@@ -90,7 +92,8 @@
   function rolloutPanel(r) {
     if (!r) return "";
     const steps = r.steps.map((w, i) => {
-      const cls = i < r.step || r.state === "succeeded" ? "done" : i === r.step ? "current" : "";
+      const failed = r.state === "rolled_back" || r.state === "aborted";
+      const cls = i < r.step || r.state === "succeeded" ? "done" : i === r.step ? (failed ? "failed" : "current") : "";
       return `<span class="step ${cls}">${pct(w)}</span>`;
     }).join("");
     const phase = r.step < 0 ? "shadow phase" : `step ${r.step + 1}/${r.steps.length}`;
@@ -119,8 +122,9 @@
     const last = values.length ? values[values.length - 1] : null;
     const finite = values.filter((v) => v !== null && v !== undefined);
     const max = finite.length ? Math.max(...finite) : 0;
-    let line = "", area = "";
-    if (values.length > 1 && max > 0) {
+    const top = max > 0 ? max : 1;  // an all-zero series is a line along the bottom, not nothing
+    let line = "", area = "", dots = "";
+    if (values.length > 1 && finite.length) {
       const t0 = times[0], span = Math.max(1, times[times.length - 1] - t0);
       let open = false, first = 0, prevX = 0;
       values.forEach((v, i) => {
@@ -130,7 +134,9 @@
           open = false;
           return;
         }
-        const y = h - 2 - (v / max) * (h - 6);
+        const y = h - 2 - (v / top) * (h - 6);
+        const alone = !open && (i + 1 >= values.length || values[i + 1] === null || values[i + 1] === undefined);
+        if (alone) dots += `<circle cx="${x.toFixed(1)}" cy="${y.toFixed(1)}" r="1.8"/>`;
         line += (open ? "L" : "M") + x.toFixed(1) + "," + y.toFixed(1);
         area += (open ? "L" : `M${x.toFixed(1)},${h}L`) + x.toFixed(1) + "," + y.toFixed(1);
         if (!open) first = x;
@@ -141,7 +147,7 @@
     }
     return `<div class="chart ${cls || ""}" title="${esc(title)}: now ${format(last)}, max ${format(max || null)}">
       <div class="chart-head"><span class="muted">${esc(title)}</span> <span class="value">${format(last)}</span></div>
-      <svg viewBox="0 0 ${w} ${h}" preserveAspectRatio="none"><path class="area" d="${area}"/><path class="line" d="${line}"/></svg></div>`;
+      <svg viewBox="0 0 ${w} ${h}" preserveAspectRatio="none"><path class="area" d="${area}"/><path class="line" d="${line}"/>${dots}</svg></div>`;
   }
 
   function charts(series) {
