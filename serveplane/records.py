@@ -98,3 +98,4 @@ class RequestMetadata:
     # handle.options(http_method=..., http_headers=...); None: GET, no headers
     http_method: str | None = None
     http_headers: dict[str, str] | None = None
+    trace: str | None = None  # W3C traceparent of the caller's span (serveplane/tracing.py)

@@ -27,6 +27,7 @@ import os
 import uuid
 from typing import Any
 
+from serveplane import tracing
 from serveplane.config import HTTPOptions
 from serveplane.dashboard.server import PREFIX as DASHBOARD, api_key_from_query, serve_dashboard
 from serveplane.exceptions import (
@@ -180,8 +181,10 @@ class ProxyApp:
             opts["session_id"] = request.headers[HEADER_SESSION]
         try:
             handle = self._handle(endpoint)
-            result = await asyncio.wait_for(handle.options(**opts).remote(http_request),
-                                            timeout=self.options.request_timeout_s)
+            with tracing.http_span(request.headers, request.method, path, endpoint) if tracing.ENABLED \
+                    else tracing.NO_SPAN:
+                result = await asyncio.wait_for(handle.options(**opts).remote(http_request),
+                                                timeout=self.options.request_timeout_s)
         except (asyncio.TimeoutError, RequestTimeoutError, NoReplicasError):
             return _json(504, f"request to endpoint {endpoint!r} timed out after "
                               f"{self.options.request_timeout_s:g}s")
@@ -317,6 +320,7 @@ class HTTPProxyActor:
     """Run with ``ray.remote``; serves until killed."""
 
     def __init__(self, options: dict[str, Any], namespace: str) -> None:
+        tracing.setup_process()
         self._options = HTTPOptions.model_validate(options)
         self._namespace = namespace
         self._routes: dict[str, Any] = {"routes": {}}

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import cloudpickle
 
+from serveplane import tracing
 from serveplane.config import BackendConfig
 from serveplane.context import ReplicaContext, current_request, current_session_id, set_replica_context
 from serveplane.exposure import check_name_over_http, exposed_over_http, not_exposed
@@ -48,6 +49,7 @@ class ReplicaActor:
     def __init__(self, backend: str, replica_tag: str, code_blob: bytes, init_blob: bytes,
                  config: dict[str, Any], version: str, config_version: str | None = None,
                  namespace: str | None = None) -> None:
+        tracing.setup_process()
         self._backend = backend
         # before user code runs: serveplane.connect() in a backend attaches to its own instance
         set_replica_context(ReplicaContext(backend, replica_tag, namespace))
@@ -178,13 +180,14 @@ class ReplicaActor:
         return method
 
     async def _call(self, method: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-        if _is_async(method):
-            return await method(*args, **kwargs)
-        loop = asyncio.get_running_loop()
-        # copy_context so the request's contextvars reach the worker thread
-        ctx = __import__("contextvars").copy_context()
-        return await loop.run_in_executor(
-            self._executor, functools.partial(ctx.run, method, *args, **kwargs))
+        with tracing.user_code_span(method) if tracing.ENABLED else tracing.NO_SPAN:
+            if _is_async(method):
+                return await method(*args, **kwargs)
+            loop = asyncio.get_running_loop()
+            # copy_context so the request's contextvars reach the worker thread
+            ctx = __import__("contextvars").copy_context()
+            return await loop.run_in_executor(
+                self._executor, functools.partial(ctx.run, method, *args, **kwargs))
 
     async def handle_request(self, meta: RequestMetadata | list, *args: Any, **kwargs: Any) -> Any:
         if not isinstance(meta, RequestMetadata):  # routers send the fields as a list (faster)
@@ -194,6 +197,7 @@ class ReplicaActor:
         self._idle.clear()
         token_req = current_request.set(meta)
         token_sess = current_session_id.set(meta.session_id)
+        span = tracing.start_replica(meta, self._backend, self._replica_tag) if tracing.ENABLED else None
         ok = False
         try:
             method = self._resolve(meta.method_name, meta.http)
@@ -206,6 +210,8 @@ class ReplicaActor:
             ok = True
             return result
         finally:
+            if span is not None:
+                span.end(ok)
             current_session_id.reset(token_sess)
             current_request.reset(token_req)
             self._metrics.end(ok, time.monotonic() - started, meta.session_id)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray.exceptions import GetTimeoutError
 
+from serveplane import tracing
 from serveplane.exceptions import RequestTimeoutError
 from serveplane.router import loop as loops
 
@@ -32,7 +33,7 @@ class Response:
                  "http", "timeout_s", "request_id", "backend", "replica", "ref", "attempts", "queued_under",
                  "shadows", "batch_index", "waiting", "done", "failure", "previous_ref",
                  "previous_replica", "producers", "released", "watched", "started", "http_method",
-                 "http_headers", "__weakref__")
+                 "http_headers", "trace", "__weakref__")
 
     def __init__(self, router: EndpointRouter, args: tuple, kwargs: dict, method_name: str,
                  session_id: str | None, shard_key: str | None, timeout_s: float,
@@ -51,6 +52,7 @@ class Response:
         self.http_headers = http_headers
         self.request_id = router.next_request_id()
         self.started = time.monotonic()  # the latency a caller sees is measured from here
+        self.trace = tracing.capture() if tracing.ENABLED else None  # where the call was made
         self.backend: str | None = None
         self.replica: ReplicaInfo | None = None
         self.ref: Any = None            # the current attempt's ref; None while (re-)routing

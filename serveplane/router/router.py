@@ -37,6 +37,7 @@ import uuid
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from serveplane import tracing
 from serveplane.config import BackendConfig
 from serveplane.exceptions import (
     BackPressureError,
@@ -501,6 +502,8 @@ class EndpointRouter:
         meta = RequestMetadata(request.request_id, self.endpoint, request.method_name,
                                request.session_id, request.shard_key, http=request.http,
                                http_method=request.http_method, http_headers=request.http_headers)
+        if tracing.ENABLED:
+            meta = tracing.route_span(request, self.endpoint, replica, meta)
         if request.deps:
             args, kwargs = request.resolved_args()
             request.producers = request.argument_producers()

@@ -114,7 +114,7 @@ def wire_metadata(meta: RequestMetadata) -> list:
     a tuple) through pickle; on a no-op call that is ~15% of the throughput.
     """
     return [meta.request_id, meta.endpoint, meta.method_name, meta.session_id, meta.shard_key,
-            meta.is_shadow, meta.http, meta.http_method, meta.http_headers]
+            meta.is_shadow, meta.http, meta.http_method, meta.http_headers, meta.trace]
 
 
 def _actor_id(replica: ReplicaInfo) -> str | None:
