@@ -219,7 +219,13 @@ def start_replica(meta: Any, backend: str, replica_tag: str) -> ReplicaSpan | No
 
 @contextlib.contextmanager
 def user_code_span(method: Any) -> Iterator[None]:
-    """``serveplane.user_code`` around the user's method, current while it runs."""
+    """``serveplane.user_code`` around the user's method, current while it runs; only in a
+    traced request (a replica never starts traces of its own)."""
+    from opentelemetry import trace
+
+    if not trace.get_current_span().is_recording():
+        yield
+        return
     with _tracer.start_as_current_span("serveplane.user_code", attributes={
             "code.function": getattr(method, "__qualname__", None) or type(method).__qualname__}):
         yield
@@ -235,6 +241,9 @@ def batch_span(name: str, contexts: Sequence[Any]) -> Iterator[None]:
         span_context = trace.get_current_span(ctx).get_span_context() if ctx is not None else None
         if span_context is not None and span_context.is_valid:
             links.append(trace.Link(span_context, {"serveplane.link": "batched request"}))
+    if not links:  # none of its requests is traced
+        yield
+        return
     with _tracer.start_as_current_span("serveplane.batch", context=_context_of(None), links=links,
                                        attributes={"serveplane.batch": name,
                                                    "serveplane.batch_size": len(contexts)}):
