@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import threading
 from importlib import resources
 from typing import Any, AsyncIterator
@@ -68,8 +69,8 @@ class DashboardHub:
     def _on_value(self, value: Any) -> None:
         if value is None:
             return
-        event = b"event: snapshot\ndata: " + json.dumps(value, default=str, separators=(",", ":")).encode() \
-            + b"\n\n"
+        data = json.dumps(_finite(value), default=str, separators=(",", ":"), allow_nan=False)
+        event = b"event: snapshot\ndata: " + data.encode() + b"\n\n"
         self._loop.call_soon_threadsafe(self._fan_out, event)
 
     # -- event loop side ---------------------------------------------------------------------
@@ -138,6 +139,17 @@ async def _watch_disconnect(request: Any, gone: asyncio.Event) -> None:
     except Exception:  # noqa: BLE001 - the connection is unusable: same as gone
         pass
     gone.set()
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities as null: the browser's JSON.parse refuses them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _put_latest(queue: asyncio.Queue[bytes], event: bytes, hub: DashboardHub) -> None:

@@ -62,6 +62,21 @@ def test_snapshot_differs_only_when_its_content_does() -> None:
     assert not same_content(None, first)
 
 
+def test_a_snapshot_with_an_infinite_reading_still_parses_in_a_browser() -> None:
+    import json
+
+    sent: list[bytes] = []
+
+    class Loop:
+        def call_soon_threadsafe(self, fn, event):
+            sent.append(event)
+
+    DashboardHub("ns", Loop())._on_value({"readings": {"latency_ratio": float("inf"), "x": float("nan")},
+                                          "at": 1.5})
+    data = sent[0].decode().split("data: ", 1)[1]
+    assert json.loads(data) == {"readings": {"latency_ratio": None, "x": None}, "at": 1.5}
+
+
 def test_a_slow_viewer_skips_to_the_latest_snapshot_and_the_last_one_unsubscribes(monkeypatch) -> None:
     subscribed: list[str] = []
 

@@ -155,6 +155,23 @@ def test_a_rollout_step_moves_on_the_page(instance, page):
     assert "advanced to step 1" in history and "succeeded" in history
 
 
+def test_serveplane_dashboard_prints_the_url(instance):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    client, base = instance
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("DISPLAY", None)
+    done = subprocess.run([sys.executable, "-m", "serveplane.cli", "--address", ray.get_runtime_context().gcs_address,
+                           "--namespace", client._namespace, "dashboard", "--no-browser"],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=str(ROOT))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"dashboard: {base}/-/dashboard"
+
+
 def test_the_feed_is_an_event_stream_let_go_of_when_the_viewer_goes(instance):
     client, base = instance
     with httpx.stream("GET", base + "/-/dashboard/events", timeout=10) as events:
