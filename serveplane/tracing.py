@@ -109,19 +109,29 @@ def _ns_ago(seconds: float) -> int:
 
 
 # -- the proxy ------------------------------------------------------------------------------
-@contextlib.contextmanager
-def http_span(headers: Any, method: str, path: str, endpoint: str) -> Iterator[Any]:
-    """The proxy's span for one request, current while it is handled."""
+async def traced_http(request: Any, answer: Any) -> Any:
+    """Await ``answer`` (the proxy's response to ``request``) inside the request's
+    ``serveplane.http`` span, parented on its ``traceparent`` header. The span ends when the
+    response is ready (a streamed body is sent after); the proxy's own paths (``/-/...``)
+    are not traced."""
     from opentelemetry import context
-    from opentelemetry.trace import SpanKind
+    from opentelemetry.trace import SpanKind, Status, StatusCode
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    parent = TraceContextTextMapPropagator().extract({k.lower(): v for k, v in headers.items()})
+    path = request.url.path
+    if path.startswith("/-/"):
+        return await answer
+    parent = TraceContextTextMapPropagator().extract({k.lower(): v for k, v in request.headers.items()})
     span = _tracer.start_span("serveplane.http", context=parent, kind=SpanKind.SERVER, attributes={
-        "http.request.method": method, "url.path": path, "serveplane.endpoint": endpoint})
+        "http.request.method": request.method, "url.path": path})
     token = context.attach(_set_span(span, parent))
     try:
-        yield span
+        response = await answer
+        status = getattr(response, "status_code", 200)
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
+        return response
     except BaseException as exc:
         span.record_exception(exc)
         _error(span, exc)

@@ -34,9 +34,20 @@ class Request:
     request_id = "r1"
     trace = None
 
-headers = {"traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"}
-with tracing.http_span(headers, "GET", "/m", "ep"):
-    Request.trace = tracing.capture()
+class HTTP:
+    method = "GET"
+    headers = {"traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"}
+    class url:
+        path = "/m"
+
+class Answer:
+    status_code = 200
+
+async def proxy_answer():
+    Request.trace = tracing.capture()  # the handle call is made inside the proxy's span
+    return Answer()
+
+assert asyncio.run(tracing.traced_http(HTTP, proxy_answer())).status_code == 200
 replica = ReplicaInfo("b", "t1", "serveplane:b#t1", None, 1)
 meta = tracing.route_span(Request, "ep", replica, RequestMetadata("r1", "ep"))
 assert meta.trace and meta.trace.startswith("00-" + "ab" * 16), meta.trace
@@ -58,6 +69,7 @@ assert sorted(s.name for s in memory.get_finished_spans()) == sorted(
 http, route, replica_span, code = (spans[n] for n in ("serveplane.http", "serveplane.route",
                                                       "serveplane.replica", "serveplane.user_code"))
 assert http.parent.span_id == int("cd" * 8, 16) and http.context.trace_id == int("ab" * 16, 16)
+assert http.attributes["http.response.status_code"] == 200 and http.attributes["url.path"] == "/m"
 assert route.parent.span_id == http.context.span_id
 assert route.attributes["serveplane.retry"] is True and route.attributes["serveplane.queue_wait_s"] >= 0.25
 assert (route.end_time - route.start_time) / 1e9 >= 0.24   # the queue wait is its length

@@ -92,7 +92,7 @@ def test_one_http_request_is_one_trace_across_three_processes(tmp_path):
     trace_id = client["trace_id"]
     (http,) = named("serveplane.http", trace_id)
     assert http["parent_id"] == client["span_id"] and http["kind"] == "SERVER"  # from traceparent
-    assert http["attributes"]["serveplane.endpoint"] == "outer"
+    assert http["attributes"]["url.path"] == "/outer" and http["attributes"]["http.response.status_code"] == 200
     (route_outer,) = named("serveplane.route", trace_id, **{"serveplane.backend": "outer"})
     assert route_outer["parent_id"] == http["span_id"] and route_outer["pid"] == http["pid"]
     assert route_outer["attributes"]["serveplane.attempt"] == 1 and route_outer["attributes"]["serveplane.queue_wait_s"] >= 0
