@@ -435,8 +435,9 @@ class Streamed:
                 await send({"type": "http.response.body", "body": _encode(self.first, self.sse),
                             "more_body": True})
             self.first = None
-            async for chunk in self.stream:
-                await send({"type": "http.response.body", "body": _encode(chunk, self.sse), "more_body": True})
+            async for chunks in self.stream.batches():  # chunks that came together: one write
+                body = b"".join(_encode(chunk, self.sse) for chunk in chunks)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
             done = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
