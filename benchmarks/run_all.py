@@ -17,7 +17,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = [
     ("Handle latency and throughput (raw Ray actor vs serveplane vs Ray Serve)", "handle.py",
-     ["--outcomes-cost"]),
+     ["--outcomes-cost", "--tracing-cost"]),
     ("Rollouts: guard breach to traffic restored", "rollout.py", []),
     ("HTTP proxy (serveplane vs Ray Serve, same backend, loopback load)", "http_proxy.py", []),
     ("HTTP proxy memory under many large, slow uploads (bounded vs limits lifted)", "proxy_memory.py", []),
@@ -26,6 +26,7 @@ BENCHMARKS = [
     ("Read your writes (change calls with and without the wait for proxies)", "read_your_writes.py",
      ["--rounds", "60"]),
     ("Control-plane scale with fake replicas", "control_plane_scale.py", []),
+    ("Dashboard: events per viewer, proxy and controller CPU for N viewers", "dashboard.py", []),
     ("Long-poll fan-out", "long_poll.py", ["--clients", "200", "--rounds", "20", "--baseline"]),
     ("Embedding example (needs the torch extra)", "embedding.py", []),
 ]

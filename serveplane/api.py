@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from serveplane import tracing
 from serveplane.client import Client
 from pydantic import ValidationError
 
@@ -33,6 +34,7 @@ def start(detached: bool = True, http_options: HTTPOptions | Mapping[str, Any] |
     ``serveplane.state_key``). Attaching to a running controller needs no key.
     Calls ``ray.init()`` when Ray is not initialized yet.
     """
+    tracing.refresh()  # OpenTelemetry may have been configured after serveplane was imported
     options = None
     if http_options is not None:
         try:
@@ -91,6 +93,7 @@ def start_proxies(options: HTTPOptions, namespace: str, detached: bool) -> tuple
 def connect(namespace: str | None = None) -> Client:
     """Attach to the running controller from any process of the cluster: by default the
     instance of the backend this code runs in, else the default namespace."""
+    tracing.refresh()
     if namespace is None:
         from serveplane.context import get_replica_context
 

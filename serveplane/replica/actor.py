@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import cloudpickle
 
+from serveplane import tracing
 from serveplane.config import BackendConfig
 from serveplane.context import (
     ReplicaContext,
@@ -68,6 +69,7 @@ class ReplicaActor:
     def __init__(self, backend: str, replica_tag: str, code_blob: bytes, init_blob: bytes,
                  config: dict[str, Any], version: str, config_version: str | None = None,
                  namespace: str | None = None) -> None:
+        tracing.setup_process()
         self._backend = backend
         # before user code runs: serveplane.connect() in a backend attaches to its own instance
         set_replica_context(ReplicaContext(backend, replica_tag, namespace))
@@ -203,9 +205,10 @@ class ReplicaActor:
         return method
 
     async def _call(self, method: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-        if _is_async(method):
-            return await method(*args, **kwargs)
-        return await self._run_sync(functools.partial(method, *args, **kwargs))
+        with tracing.user_code_span(method) if tracing.ENABLED else tracing.NO_SPAN:
+            if _is_async(method):
+                return await method(*args, **kwargs)
+            return await self._run_sync(functools.partial(method, *args, **kwargs))
 
     def _run_sync(self, fn: Callable[[], Any]) -> Any:
         """``fn`` on the worker pool, with the request's contextvars. Cancelling the await
@@ -250,6 +253,7 @@ class ReplicaActor:
         token_ctx = current_context.set(context)
         token_req = current_request.set(meta)
         token_sess = current_session_id.set(meta.session_id)
+        span = tracing.start_replica(meta, self._backend, self._replica_tag) if tracing.ENABLED else None
         ok = False
         try:
             method = self._resolve(meta.method_name, meta.http)
@@ -275,6 +279,8 @@ class ReplicaActor:
             context.cancel_children()
             raise
         finally:
+            if span is not None:
+                span.end(ok)
             current_session_id.reset(token_sess)
             current_request.reset(token_req)
             current_context.reset(token_ctx)
