@@ -22,6 +22,8 @@ BENCHMARKS = [
     ("HTTP proxy (serveplane vs Ray Serve, same backend, loopback load)", "http_proxy.py", []),
     ("HTTP proxy memory under many large, slow uploads (bounded vs limits lifted)", "proxy_memory.py", []),
     ("Batching throughput", "batching.py", []),
+    ("Streaming: time to first chunk and chunks/s (raw Ray generator, serveplane, Ray Serve)",
+     "streaming.py", []),
     ("Control-plane latency (goals, recovery)", "control_plane.py", ["--repeats", "3"]),
     ("Read your writes (change calls with and without the wait for proxies)", "read_your_writes.py",
      ["--rounds", "60"]),
