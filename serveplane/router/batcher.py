@@ -32,21 +32,21 @@ class Batcher:
         self._lock = threading.Lock()
         # (method, from HTTP) -> requests of the open batch: an HTTP call never shares a batch
         # (and so its metadata) with a handle call
-        self._gathering: dict[tuple[str, bool], list[Response]] = {}
+        self._gathering: dict[tuple[str, bool], _Gathered] = {}
         self._sizes = BatchSizes()  # under _lock
 
     def add(self, request: Response, size: int, timeout_s: float) -> None:
-        request.waiting = concurrent.futures.Future()
         method = (request.method_name, request.http)
         with self._lock:
             batch = self._gathering.get(method)
             if batch is None:
-                batch = self._gathering[method] = []
+                batch = self._gathering[method] = _Gathered()
                 if size > 1:
                     loop = loops.background_loop()
                     loop.call_soon_threadsafe(loop.call_later, timeout_s, self._flush, method, batch)
-            batch.append(request)
-            full = len(batch) >= size
+            batch.requests.append(request)
+            request.waiting = batch.ready  # one future for the whole batch
+            full = len(batch.requests) >= size
             if full:
                 del self._gathering[method]
         if full:
@@ -57,28 +57,28 @@ class Batcher:
         with self._lock:
             return self._sizes.as_dict()
 
-    def _flush(self, method: tuple[str, bool], batch: list[Response]) -> None:
+    def _flush(self, method: tuple[str, bool], batch: _Gathered) -> None:
         with self._lock:
             if self._gathering.get(method) is not batch:
                 return  # already dispatched when it filled up
             del self._gathering[method]
         self._dispatch(batch)
 
-    def _dispatch(self, batch: list[Response]) -> None:
+    def _dispatch(self, batch: _Gathered) -> None:
         """Each request picks its own backend and replica (its session and shard key pin
         it; ``max_concurrent_queries`` bounds it); requests that landed on one replica go
-        as one call, those without a free slot queue on their own."""
+        as one call, those without a free slot queue on their own. Then the batch's one
+        future wakes every awaiter: each finds its request sent, failed (its ``failure``),
+        cancelled, or routing on its own (a new ``waiting``)."""
         router = self._router
-        groups, waiting, cancelled = router.claim_for_batch(batch)
-        for request in cancelled:
-            request.waiting.set_exception(request.failure)
-        for request in waiting:
-            gathered = request.waiting
-            request.waiting = router.route_later(request)
-            request.waiting.add_done_callback(
-                lambda done, target=gathered: loops.copy_outcome(done, target))
-        for replica, requests in groups:
-            self._send(replica, requests)
+        try:
+            groups, waiting, _cancelled = router.claim_for_batch(batch.requests)
+            for request in waiting:
+                request.waiting = router.route_later(request)
+            for replica, requests in groups:
+                self._send(replica, requests)
+        finally:
+            batch.ready.set_result(None)
 
     def _send(self, replica: ReplicaInfo, batch: list[Response]) -> None:
         router = self._router
@@ -90,18 +90,25 @@ class Batcher:
         except Exception as exc:  # noqa: BLE001 - every caller of the batch gets it
             for request in batch:
                 router.fail(request, exc)
-                request.waiting.set_exception(exc)
             return
         with self._lock:
             self._sizes.add(len(batch))
         router.stats.requests[replica.backend] += len(batch)
         router.sent_batch(batch, ref)
-        for request in batch:
-            request.waiting.set_result(None)
         info = router.endpoint_info
         if info is not None and info.shadows:
             for request in batch:  # shadows go one by one; they never join the batch
                 fire_shadows(router, request, info.shadows, request.args, request.kwargs)
+
+
+class _Gathered:
+    """A batch while it gathers: its requests and the one future they all wait on."""
+
+    __slots__ = ("requests", "ready")
+
+    def __init__(self) -> None:
+        self.requests: list[Response] = []
+        self.ready: concurrent.futures.Future = concurrent.futures.Future()
 
 
 def _earliest(deadlines: Iterable[float | None]) -> float | None:

@@ -85,8 +85,20 @@ def wait_sync(waiter: Any, timeout: float | None) -> None:
 
 
 async def wait_async(waiter: Any) -> None:
-    if isinstance(waiter, asyncio.Future) and waiter.get_loop() is asyncio.get_running_loop():
+    loop = asyncio.get_running_loop()
+    if isinstance(waiter, asyncio.Future) and waiter.get_loop() is loop:
         await waiter
+    elif isinstance(waiter, concurrent.futures.Future):
+        if waiter.done():
+            waiter.result()  # raises its error; no wake-up through the loop needed
+            return
+        # many requests may wait on one future (a router-side batch): one view per loop,
+        # so the future wakes each loop once, not each awaiter
+        views = waiter.__dict__.setdefault("_serveplane_views", {})
+        view = views.get(loop)
+        if view is None:
+            view = views[loop] = asyncio.wrap_future(waiter, loop=loop)
+        await asyncio.shield(view)
     else:
         await asyncio.wrap_future(_as_concurrent(waiter))
 
