@@ -106,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None})
     client = serveplane.start(kv_store=config.kv_store or f"ray://{namespace}", namespace=namespace,
                               http_options=http, detached=args.address is not None,
-                              state_key_file=args.state_key_file)
+                              state_key_file=args.state_key_file, grpc_options=config.grpc)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -122,6 +122,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         example = config.endpoints[0] if config.endpoints else None
         if example is not None and example.route:
             print(f"\ntry:  curl -s '{base}{example.route}?text=what+a+great+movie'")
+        for address in client.grpc_addresses:
+            print(f"gRPC: {address}")
         print(f"\nserveplane is serving on {base} (Ctrl-C to stop)", flush=True)
         stop.wait()
     finally:
