@@ -26,6 +26,7 @@ Everything not exported here is internal.
 
 from typing import Any
 
+from serveplane.context import RequestContext, get_request_context
 from serveplane.exposure import http_method
 from serveplane.replica.batching import accept_batch, batch
 from serveplane.config import AutoscalingConfig, BackendConfig, HTTPOptions
@@ -44,7 +45,9 @@ from serveplane.exceptions import (
     ReplicaDiedError,
     ReplicaError,
     ReplicaStartupError,
+    RequestCancelledError,
     RequestTimeoutError,
+    StreamingMethodError,
     ServeplaneError,
     StaleEpochError,
     StateAuthenticationError,
@@ -55,8 +58,9 @@ __all__ = [
     "ControllerUnavailableError", "CorruptCheckpointError", "DuplicateError", "HTTPOptions",
     "InUseError", "InvalidConfigError", "InvalidInputError", "KVStoreUnavailableError",
     "MethodNotExposedError", "NotFoundError", "ReplicaDiedError", "ReplicaError", "ReplicaStartupError",
-    "RequestTimeoutError", "ServeplaneError", "StateAuthenticationError", "StaleEpochError",
-    "accept_batch", "batch", "connect", "http_method", "start",
+    "RequestCancelledError", "RequestContext", "RequestTimeoutError", "ServeplaneError",
+    "StateAuthenticationError", "StaleEpochError", "StreamingMethodError",
+    "accept_batch", "batch", "connect", "get_request_context", "http_method", "start",
 ]
 
 

@@ -72,16 +72,32 @@ class ReplicaDiedError(ReplicaError):
     """The replica running the request died and the request was not retried."""
 
 
-class NoReplicasError(ReplicaError):
-    """No replica became available within the request's timeout."""
+class RequestTimeoutError(ServeplaneError, TimeoutError):
+    """A request or a goal did not finish in time (a request's deadline passed)."""
+
+
+class NoReplicasError(ReplicaError, RequestTimeoutError):
+    """No replica had a free slot before the request's deadline (it never ran)."""
+
+
+class RequestCancelledError(ServeplaneError):
+    """The request was cancelled (``Response.cancel()``, ``ResponseStream.cancel()``, a
+    cancelled caller, a client that went away) before its answer was read."""
+
+
+class ReplicaFullError(ServeplaneError):
+    """A replica refused a request without running it: it is at max_concurrent_queries
+    across all routers, or draining. Routers treat it as "full, try another", never as a
+    failure or a death."""
+
+
+class StreamingMethodError(InvalidInputError):
+    """A generator method was called without ``stream=True`` (or a stream was asked of a
+    method the caller may not stream)."""
 
 
 class BatchSizeMismatchError(ReplicaError):
     """A batch method returned a list whose length differs from its input."""
-
-
-class RequestTimeoutError(ServeplaneError, TimeoutError):
-    """A request or a goal did not finish in time."""
 
 
 # -- control plane -----------------------------------------------------------

@@ -102,3 +102,8 @@ class RequestMetadata:
     # handle.options(http_method=..., http_headers=...); None: GET, no headers
     http_method: str | None = None
     http_headers: dict[str, str] | None = None
+    # when the caller stops waiting: wall-clock seconds since the epoch (it crosses
+    # processes and nodes), None for no deadline; the replica refuses to start past it
+    deadline: float | None = None
+    # W3C traceparent of the caller's span, when tracing is on
+    trace: str | None = None

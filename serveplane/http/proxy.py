@@ -13,14 +13,24 @@ Checks run in this order, each answering with short JSON that says what to do:
    backend does not expose over HTTP 404 (``serveplane/exposure.py``);
 6. the body: over ``max_body_bytes`` 413 (before it is read whole), not received within
    ``body_read_timeout_s`` 408, no room left in ``max_buffered_body_bytes`` 503;
-7. the call: past ``request_timeout_s`` 504, back-pressure 503 with ``Retry-After``, any
-   other error 500 with an error id only (the exception is logged under that id;
-   ``debug_errors`` puts its message in the answer).
+7. the call: its deadline is ``request_timeout_s``, or the ``X-SERVE-TIMEOUT-S`` header
+   when that is sooner (a bad header 400); past it 504 (queued past it, it never ran);
+   back-pressure 503 with ``Retry-After``, any other error 500 with an error id only (the
+   exception is logged under that id; ``debug_errors`` puts its message in the answer).
+
+Streams: a generator method's chunks reach the client as they are produced (chunked
+transfer; ``text/event-stream`` when the request sends ``Accept: text/event-stream``, one
+``data:`` event per chunk, or when the backend returns a ``StreamingResponse`` of that
+media type). Errors before the first chunk answer as above; after it, the connection is
+closed without the final chunk, so the client sees the stream was cut. A client that
+disconnects cancels its request: queued, it never runs; running, the replica's call is
+cancelled (a stream's generator stops).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
@@ -33,19 +43,24 @@ from serveplane.exceptions import (
     MethodNotExposedError,
     NoReplicasError,
     NotFoundError,
+    RequestCancelledError,
     RequestTimeoutError,
+    StreamingMethodError,
 )
 from serveplane.exposure import check_name_over_http
 from serveplane.http.auth import ApiKeys, bearer_token
 from serveplane.http.limits import Admission, TokenBuckets
 from serveplane.http.request import HTTPRequest
 from serveplane.records import CONTROLLER_NAME, keys
+from serveplane.replica.streaming import StreamHandoff
+from serveplane.router.stream import HandoffStream
 
 logger = logging.getLogger("serveplane.http")
 
 HEADER_METHOD = "x-serve-call-method"
 HEADER_SHARD = "x-serve-shard-key"
 HEADER_SESSION = "x-serve-session-id"
+HEADER_TIMEOUT = "x-serve-timeout-s"
 RETRY_AFTER_S = 1
 
 
@@ -78,6 +93,7 @@ class ProxyApp:
 
     def __init__(self, options: HTTPOptions, namespace: str, routes_ref: dict[str, Any]) -> None:
         self.options = options
+        self.streaming: set[tuple[str, str]] = set()  # (endpoint, method) answered as streams
         self.namespace = namespace
         self.routes_ref = routes_ref
         self.keys = ApiKeys([k.get_secret_value() for k in options.api_keys]
@@ -103,7 +119,7 @@ class ProxyApp:
                     return
         if scope["type"] != "http":
             return
-        response = await self.serve(Request(scope, receive))
+        response = await self.serve(Request(scope, receive, send))
         self.answered[response.status_code] = self.answered.get(response.status_code, 0) + 1
         await response(scope, receive, send)
 
@@ -166,20 +182,52 @@ class ProxyApp:
                                    headers={k.lower(): v for k, v in request.headers.items()},
                                    body=body)
         del body
-        opts: dict[str, Any] = {"timeout_s": self.options.request_timeout_s, "http": True}
+        timeout_s = self.options.request_timeout_s
+        asked = request.headers.get(HEADER_TIMEOUT)
+        if asked is not None:
+            try:
+                asked_s = float(asked)
+            except ValueError:
+                asked_s = math.nan
+            if not (asked_s > 0 and math.isfinite(asked_s)):
+                return _json(400, f"header X-SERVE-TIMEOUT-S is {asked[:32]!r}; it must be a number of "
+                                  "seconds > 0")
+            timeout_s = min(timeout_s, asked_s)
+        opts: dict[str, Any] = {"timeout_s": timeout_s, "http": True}
         if method_name is not None:
             opts["method_name"] = method_name
         if request.headers.get(HEADER_SHARD):
             opts["shard_key"] = request.headers[HEADER_SHARD]
         if request.headers.get(HEADER_SESSION):
             opts["session_id"] = request.headers[HEADER_SESSION]
+        sse = "text/event-stream" in request.headers.get("accept", "")
+        streams_key = (endpoint, method_name or "__call__")
+        stream: Any = None
         try:
             handle = self._handle(endpoint)
-            result = await asyncio.wait_for(handle.options(**opts).remote(http_request),
-                                            timeout=self.options.request_timeout_s)
-        except (asyncio.TimeoutError, RequestTimeoutError, NoReplicasError):
-            return _json(504, f"request to endpoint {endpoint!r} timed out after "
-                              f"{self.options.request_timeout_s:g}s")
+            if sse or streams_key in self.streaming:
+                stream = handle.options(stream=True, **opts).remote(http_request)
+                first = await _until_disconnect(stream.__anext__(), stream, request.receive)
+            else:
+                call = handle.options(**opts).remote(http_request)
+                try:
+                    result = await _until_disconnect(call, call, request.receive)
+                except StreamingMethodError:
+                    self.streaming.add(streams_key)  # a generator: from now on sent as a stream
+                    stream = handle.options(stream=True, **opts).remote(http_request)
+                    first = await _until_disconnect(stream.__anext__(), stream, request.receive)
+                else:
+                    if not isinstance(result, StreamHandoff):
+                        return to_response(result)
+                    self.streaming.add(streams_key)  # answers StreamingResponses: send as streams
+                    stream = HandoffStream(call, result)
+                    first = await _until_disconnect(stream.__anext__(), stream, request.receive)
+        except StopAsyncIteration:
+            first = _NOTHING
+        except (RequestTimeoutError, NoReplicasError):
+            return _json(504, f"request to endpoint {endpoint!r} timed out after {timeout_s:g}s")
+        except RequestCancelledError:
+            return _json(499, "the client went away; the request was cancelled")
         except BackPressureError:
             return _json(503, f"endpoint {endpoint!r} is at capacity; retry after {RETRY_AFTER_S}s",
                          _RETRY)
@@ -189,7 +237,9 @@ class ProxyApp:
             return _json(404, str(exc))
         except Exception as exc:  # noqa: BLE001 - user code failed: 500 with an id
             return self._internal_error(endpoint, exc)
-        return to_response(result)
+        if getattr(stream, "whole", False):
+            return to_response(first)  # a stream asked of a method that returned one value
+        return Streamed(endpoint, stream, first, sse)
 
     def _handle(self, endpoint: str) -> Any:
         from serveplane.router import get_handle
@@ -271,15 +321,8 @@ def build_app(options: HTTPOptions, namespace: str, routes_ref: dict[str, Any]) 
 
 
 def to_response(result: Any) -> Any:
-    from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+    from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-    from serveplane.replica.streaming import CollectedStream
-
-    if isinstance(result, CollectedStream):
-        response = StreamingResponse(iter(result.chunks), status_code=result.status_code,
-                                     media_type=result.media_type)
-        response.raw_headers = [h for h in result.headers if h[0].lower() != b"content-length"]
-        return response
     if isinstance(result, Response):
         return result
     if isinstance(result, str):
@@ -290,6 +333,116 @@ def to_response(result: Any) -> Any:
         return JSONResponse(result)
     except (TypeError, ValueError):
         return PlainTextResponse(repr(result))
+
+
+_NOTHING = object()  # a stream that ended before its first chunk
+
+
+async def _until_disconnect(awaitable: Any, request: Any, receive: Any) -> Any:
+    """Await ``awaitable``; if the client disconnects first, cancel ``request`` (its
+    awaiter then raises ``RequestCancelledError``)."""
+    watcher = asyncio.ensure_future(_disconnected(receive))
+    watcher.add_done_callback(lambda w: request.cancel() if not w.cancelled() and w.result() else None)
+    try:
+        return await awaitable
+    finally:
+        watcher.cancel()
+
+
+async def _disconnected(receive: Any) -> bool:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return True
+
+
+def _encode(chunk: Any, sse: bool) -> bytes:
+    if isinstance(chunk, (bytes, bytearray, memoryview)):
+        data = bytes(chunk)
+        if not sse:
+            return data
+        text = data.decode("utf-8", "replace")
+    elif isinstance(chunk, str):
+        if not sse:
+            return chunk.encode()
+        text = chunk
+    else:
+        text = json.dumps(chunk, default=repr)
+        if not sse:
+            return (text + "\n").encode()
+    return ("".join(f"data: {line}\n" for line in text.split("\n")) + "\n").encode()
+
+
+def _media_type(first: Any, sse: bool) -> str:
+    if sse:
+        return "text/event-stream"
+    if isinstance(first, str):
+        return "text/plain; charset=utf-8"
+    if isinstance(first, (bytes, bytearray, memoryview)) or first is _NOTHING:
+        return "application/octet-stream"
+    return "application/x-ndjson"
+
+
+class Streamed:
+    """An ASGI response that sends a stream's chunks as they come (chunked transfer).
+
+    The client's disconnect cancels the stream (the replica's generator stops); a failure
+    after the first chunk closes the connection without the final chunk."""
+
+    def __init__(self, endpoint: str, stream: Any, first: Any, sse: bool) -> None:
+        self.endpoint = endpoint
+        self.stream = stream
+        self.first = first
+        start = getattr(stream, "start", None)
+        if start is not None:  # the backend's own StreamingResponse: its status and headers
+            self.status_code = start.status_code
+            self.headers = [h for h in start.headers if h[0].lower() != b"content-length"]
+            self.sse = False  # it formats its own events
+            if not any(h[0].lower() == b"content-type" for h in self.headers) and start.media_type:
+                self.headers.append((b"content-type", start.media_type.encode()))
+        else:
+            self.status_code = 200
+            self.sse = sse
+            self.headers = [(b"content-type", _media_type(first, sse).encode())]
+            if sse:
+                self.headers.append((b"cache-control", b"no-cache"))
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        task = asyncio.current_task()
+        done = False
+        gone: list[bool] = []
+
+        def on_disconnect(watch: asyncio.Future) -> None:
+            if not done and not watch.cancelled() and watch.result():
+                gone.append(True)
+                self.stream.cancel()
+                if task is not None:
+                    task.cancel()
+
+        watcher = asyncio.ensure_future(_disconnected(receive))
+        watcher.add_done_callback(on_disconnect)
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.headers})
+            if self.first is not _NOTHING:
+                await send({"type": "http.response.body", "body": _encode(self.first, self.sse),
+                            "more_body": True})
+            self.first = None
+            async for chunk in self.stream:
+                await send({"type": "http.response.body", "body": _encode(chunk, self.sse), "more_body": True})
+            done = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+        except Exception as exc:
+            logger.warning("stream of endpoint %r cut after it started: %s: %s", self.endpoint,
+                           type(exc).__name__, str(exc)[:200])
+            raise  # the server closes the connection without the final chunk
+        finally:
+            done = True
+            watcher.cancel()
+            if not gone:
+                self.stream.cancel()  # a no-op once the stream ended
 
 
 async def _metrics(namespace: str) -> Any:

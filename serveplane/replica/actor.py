@@ -16,6 +16,8 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import functools
 import inspect
 import os
@@ -26,7 +28,15 @@ from typing import Any, Callable
 import cloudpickle
 
 from serveplane.config import BackendConfig
-from serveplane.context import ReplicaContext, current_request, current_session_id, set_replica_context
+from serveplane.context import (
+    ReplicaContext,
+    RequestContext,
+    current_context,
+    current_request,
+    current_session_id,
+    set_replica_context,
+)
+from serveplane.exceptions import ReplicaFullError, RequestTimeoutError, StreamingMethodError
 from serveplane.exposure import check_name_over_http, exposed_over_http, not_exposed
 from serveplane.http.request import HTTPRequest
 from serveplane.http.starlette_request import to_starlette, wants_starlette
@@ -34,7 +44,16 @@ from serveplane.records import RequestMetadata
 from serveplane.replica.batching import Batcher
 from serveplane.replica.convention import RequestConvention, classic_request, unwrap
 from serveplane.replica.metrics import ReplicaMetrics
-from serveplane.replica.streaming import collect_if_streaming
+from serveplane.router.loop import Deadline
+from serveplane.replica.streaming import (
+    Handoffs,
+    StreamHandoff,
+    Whole,
+    is_streaming_response,
+    iterate,
+    stream_start,
+    streams,
+)
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
@@ -74,6 +93,11 @@ class ReplicaActor:
         self._draining = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self._admitted = 0   # slots taken, by every router together (admission)
+        self._refused = 0
+        self._cancelled = 0  # calls whose caller cancelled them while they ran
+        self._streaming_methods: dict[str, bool] = {}
+        self._handoffs = Handoffs()
 
     def _new_executor(self) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(max_workers=min(64, self._config.max_concurrent_queries),
@@ -145,7 +169,7 @@ class ReplicaActor:
             await asyncio.wait_for(self._idle.wait(), timeout=timeout_s)
         except asyncio.TimeoutError:
             pass
-        return self._metrics.in_flight
+        return self._admitted
 
     async def get_metrics(self) -> dict[str, Any]:
         return self._metrics.snapshot(draining=self._draining)
@@ -180,37 +204,144 @@ class ReplicaActor:
     async def _call(self, method: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         if _is_async(method):
             return await method(*args, **kwargs)
-        loop = asyncio.get_running_loop()
-        # copy_context so the request's contextvars reach the worker thread
-        ctx = __import__("contextvars").copy_context()
-        return await loop.run_in_executor(
-            self._executor, functools.partial(ctx.run, method, *args, **kwargs))
+        return await self._run_sync(functools.partial(method, *args, **kwargs))
+
+    def _run_sync(self, fn: Callable[[], Any]) -> Any:
+        """``fn`` on the worker pool, with the request's contextvars. Cancelling the await
+        before a worker took it means it never runs."""
+        ctx = contextvars.copy_context()
+        return asyncio.get_running_loop().run_in_executor(self._executor, ctx.run, fn)
+
+    # -- admission --------------------------------------------------------------------------
+    def _admit(self, meta: RequestMetadata, n: int = 1) -> None:
+        """Take ``n`` of this replica's ``max_concurrent_queries`` slots, or refuse at once
+        (every router together may not exceed it; a draining replica takes nothing new)."""
+        limit = self._config.max_concurrent_queries
+        if self._draining or self._admitted + n > limit:
+            self._refused += n
+            why = "draining" if self._draining else f"at max_concurrent_queries={limit}"
+            raise ReplicaFullError(f"replica {self._replica_tag} of backend {self._backend!r} is {why}")
+        if meta.deadline is not None and time.time() >= meta.deadline:
+            raise RequestTimeoutError(
+                f"request {meta.request_id} of endpoint {meta.endpoint!r} reached replica "
+                f"{self._replica_tag} after its deadline; it did not run")
+        self._admitted += n
+        self._idle.clear()
+
+    def _leave(self, n: int = 1) -> None:
+        self._admitted -= n
+        if self._admitted == 0:
+            self._idle.set()
 
     async def handle_request(self, meta: RequestMetadata | list, *args: Any, **kwargs: Any) -> Any:
         if not isinstance(meta, RequestMetadata):  # routers send the fields as a list (faster)
             meta = RequestMetadata(*meta)
+        self._admit(meta)
+        try:
+            return await self._run_one(meta, args, kwargs)
+        finally:
+            self._leave()
+
+    async def _run_one(self, meta: RequestMetadata, args: tuple, kwargs: dict) -> Any:
         started = time.monotonic()
         self._metrics.begin()
-        self._idle.clear()
+        context = RequestContext(meta)
+        token_ctx = current_context.set(context)
+        token_req = current_request.set(meta)
+        token_sess = current_session_id.set(meta.session_id)
+        ok = False
+        try:
+            method = self._resolve(meta.method_name, meta.http)
+            if self._streams(meta.method_name, method):
+                raise StreamingMethodError(
+                    f"method {meta.method_name!r} of backend {self._backend!r} is a generator: "
+                    "call it with handle.options(stream=True).remote(...) and iterate the stream")
+            args, kwargs = self._convert(meta, method, args, kwargs)
+            with _deadline_scope(meta):
+                if getattr(method, "_serveplane_accept_batch", False):
+                    result = await self._accept_batcher(meta.method_name, method).submit(
+                        _one_arg(args, kwargs, meta.method_name))
+                else:
+                    result = await self._call(method, args, kwargs)
+            if is_streaming_response(result):
+                if meta.http:  # the proxy pulls the body with one more call (pull_stream)
+                    result = StreamHandoff(self._handoffs.keep(result.body_iterator), stream_start(result))
+                else:
+                    result = await _collect(result)
+            ok = True
+            return result
+        except asyncio.CancelledError:
+            self._cancelled += 1
+            context.cancel_children()
+            raise
+        finally:
+            current_session_id.reset(token_sess)
+            current_request.reset(token_req)
+            current_context.reset(token_ctx)
+            self._metrics.end(ok, time.monotonic() - started, meta.session_id)
+
+    def _streams(self, name: str, method: Callable[..., Any]) -> bool:
+        known = self._streaming_methods.get(name)
+        if known is None:
+            known = self._streaming_methods[name] = streams(method)
+        return known
+
+    async def handle_stream(self, meta: RequestMetadata | list, *args: Any, **kwargs: Any) -> Any:
+        """A stream: one Ray streaming-generator call; see ``replica/streaming.py``."""
+        if not isinstance(meta, RequestMetadata):
+            meta = RequestMetadata(*meta)
+        self._admit(meta)
+        started = time.monotonic()
+        self._metrics.begin()
+        context = RequestContext(meta)
+        token_ctx = current_context.set(context)
         token_req = current_request.set(meta)
         token_sess = current_session_id.set(meta.session_id)
         ok = False
         try:
             method = self._resolve(meta.method_name, meta.http)
             args, kwargs = self._convert(meta, method, args, kwargs)
-            if getattr(method, "_serveplane_accept_batch", False):
-                result = await self._accept_batcher(meta.method_name, method).submit(
-                    _one_arg(args, kwargs, meta.method_name))
-            else:
-                result = await collect_if_streaming(await self._call(method, args, kwargs))
+            with _deadline_scope(meta):
+                if self._streams(meta.method_name, method):
+                    # calling a generator function runs none of its code: no worker needed
+                    async for chunk in iterate(method(*args, **kwargs), self._run_sync):
+                        yield chunk
+                else:
+                    result = await self._call(method, args, kwargs)
+                    if is_streaming_response(result):
+                        yield stream_start(result)
+                        async for chunk in result.body_iterator:
+                            yield chunk
+                    else:
+                        yield Whole(result)
             ok = True
-            return result
+        except asyncio.CancelledError:
+            self._cancelled += 1
+            context.cancel_children()
+            raise
         finally:
-            current_session_id.reset(token_sess)
-            current_request.reset(token_req)
+            # a generator may be closed from another context than the one that ran it
+            _reset_quietly((current_session_id, token_sess), (current_request, token_req),
+                           (current_context, token_ctx))
             self._metrics.end(ok, time.monotonic() - started, meta.session_id)
-            if self._metrics.in_flight == 0:
-                self._idle.set()
+            self._leave()
+
+    async def pull_stream(self, stream_id: str) -> Any:
+        """The body of a ``StreamHandoff`` this replica answered (streaming call)."""
+        body = self._handoffs.take(stream_id)
+        try:
+            async for chunk in body:
+                yield chunk
+        except asyncio.CancelledError:
+            self._cancelled += 1
+            raise
+        finally:
+            await body.aclose()
+
+    async def data_path_stats(self) -> dict[str, int]:
+        """Admission and cancellation counters (tests, debugging)."""
+        return {"admitted": self._admitted, "refused": self._refused, "cancelled": self._cancelled,
+                "handoffs": len(self._handoffs)}
 
     def _convert(self, meta: RequestMetadata, method: Callable[..., Any], args: tuple,
                  kwargs: dict) -> tuple[tuple, dict]:
@@ -245,12 +376,20 @@ class ReplicaActor:
         Returns one entry per call: ``(True, value)`` or ``(False, exception)``, so one
         caller's error never fails the others.
         """
+        if not isinstance(meta, RequestMetadata):
+            meta = RequestMetadata(*meta)
+        self._admit(meta, len(calls))
+        try:
+            return await self._run_batch(meta, calls)
+        finally:
+            self._leave(len(calls))
+
+    async def _run_batch(self, meta: RequestMetadata, calls: list[tuple[tuple, dict]]) -> list[Any]:
         method = self._resolve(meta.method_name, meta.http)
         calls = [self._convert(meta, method, a, k) for a, k in calls]
         batch_fn = getattr(method, "_serveplane_batch", None)
         if batch_fn is not None or getattr(method, "_serveplane_accept_batch", False):
             self._metrics.begin()
-            self._idle.clear()
             started = time.monotonic()
             try:
                 if batch_fn is not None:
@@ -262,16 +401,51 @@ class ReplicaActor:
                                      size, 0.0).run_gathered(items)
             finally:
                 self._metrics.end(True, time.monotonic() - started, None)
-                if self._metrics.in_flight == 0:
-                    self._idle.set()
 
         async def one(args: tuple, kwargs: dict) -> tuple[bool, Any]:
             try:
-                return True, await self.handle_request(meta, *args, **kwargs)
+                return True, await self._run_one(meta, args, kwargs)
             except Exception as exc:  # noqa: BLE001 - returned to its own caller
                 return False, exc
 
         return list(await asyncio.gather(*(one(a, k) for a, k in calls)))
+
+
+def _reset_quietly(*pairs: tuple[contextvars.ContextVar, contextvars.Token]) -> None:
+    for var, token in pairs:
+        try:
+            var.reset(token)
+        except ValueError:
+            pass  # another context: the values die with the one that set them
+
+
+# The caller cancels a call at its deadline; the replica stops user code this much later
+# by itself (a caller that went away), so the two never race.
+DEADLINE_GRACE_S = 1.0
+
+
+@contextlib.contextmanager
+def _deadline_scope(meta: RequestMetadata) -> Any:
+    """User code past the request's deadline is cancelled; its caller gets RequestTimeoutError."""
+    if meta.deadline is None:
+        yield
+        return
+    try:
+        with Deadline(meta.deadline + DEADLINE_GRACE_S - time.time()):
+            yield
+    except TimeoutError:
+        raise RequestTimeoutError(f"request {meta.request_id} of endpoint {meta.endpoint!r} "
+                                  "passed its deadline while running") from None
+
+
+async def _collect(result: Any) -> Any:
+    """A StreamingResponse's whole body (an ordinary call of a handle, not over HTTP)."""
+    chunks = []
+    async for chunk in result.body_iterator:
+        chunks.append(chunk)
+    if chunks and all(isinstance(c, str) for c in chunks):
+        return "".join(chunks)
+    return b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
 
 
 def _one_arg(args: tuple, kwargs: dict, name: str) -> Any:

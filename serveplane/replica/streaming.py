@@ -1,30 +1,121 @@
-"""Starlette streaming responses cross the replica -> proxy boundary as collected chunks.
+"""Streams between a replica and its callers: what crosses the Ray boundary.
 
-An async generator cannot be pickled, so the replica drains ``body_iterator`` and sends the
-chunks with the status and headers; the proxy streams them back out. The body is
-buffered in the replica (no incremental streaming through Ray).
+A stream is one Ray streaming-generator call (``handle_stream``): each chunk the user's
+generator yields is one object, sent as soon as it is produced; Ray holds back the
+producer once ``STREAM_BUFFER`` chunks are unread (back-pressure). Items are the user's
+chunks, except:
+
+- ``StreamStart`` first, when the method returned a starlette ``StreamingResponse``: its
+  status, headers and media type; its body's chunks follow;
+- ``Whole`` alone, when the method returned an ordinary value (a stream asked of a
+  method that does not stream: the caller gets that value as the stream's one chunk).
+
+A starlette ``StreamingResponse`` returned to an ordinary (non-stream) call from the HTTP
+proxy cannot cross Ray (its body is an async generator): the replica keeps the body and
+answers ``StreamHandoff``; the proxy then pulls the body with one ``pull_stream`` call and
+from then on sends that method's requests as streams (one call each).
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import time
+import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, AsyncIterator, Callable
+
+# Unread chunks a producer may run ahead of its consumer (Ray's generator back-pressure).
+STREAM_BUFFER = 16
+# A handed-off body nobody pulls is dropped after this long.
+HANDOFF_TTL_S = 60.0
 
 
 @dataclass(frozen=True)
-class CollectedStream:
-    chunks: list[bytes]
+class StreamStart:
     status_code: int = 200
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     media_type: str | None = None
 
 
-async def collect_if_streaming(result: Any) -> Any:
-    iterator = getattr(result, "body_iterator", None)
-    if iterator is None or not hasattr(result, "status_code"):
-        return result
-    chunks: list[bytes] = []
-    async for chunk in iterator:
-        chunks.append(chunk.encode() if isinstance(chunk, str) else bytes(chunk))
-    return CollectedStream(chunks, result.status_code, list(result.raw_headers),
-                           getattr(result, "media_type", None))
+@dataclass(frozen=True)
+class Whole:
+    value: Any
+
+
+@dataclass(frozen=True)
+class StreamHandoff:
+    stream_id: str
+    start: StreamStart
+
+
+def is_streaming_response(result: Any) -> bool:
+    return hasattr(result, "body_iterator") and hasattr(result, "status_code")
+
+
+def stream_start(result: Any) -> StreamStart:
+    return StreamStart(result.status_code, list(result.raw_headers), getattr(result, "media_type", None))
+
+
+def streams(method: Callable[..., Any]) -> bool:
+    """Is ``method`` a generator (sync or async): does calling it produce a stream?"""
+    if inspect.isgeneratorfunction(method) or inspect.isasyncgenfunction(method):
+        return True
+    call = getattr(method, "__call__", None)
+    return call is not None and not inspect.isfunction(method) and not inspect.ismethod(method) and (
+        inspect.isgeneratorfunction(call) or inspect.isasyncgenfunction(call))
+
+
+async def iterate(produced: Any, run_sync: Callable[[Callable[[], Any]], Any]) -> AsyncIterator[Any]:
+    """The chunks of an async or sync generator; a sync one advances in ``run_sync`` (a
+    worker thread) so a slow chunk never stalls the replica's loop."""
+    if inspect.isasyncgen(produced):
+        try:
+            async for chunk in produced:
+                yield chunk
+        finally:
+            await produced.aclose()  # the user's cleanup runs (GeneratorExit) when cancelled
+        return
+    done = object()
+    try:
+        while True:
+            chunk = await run_sync(lambda: next(produced, done))
+            if chunk is done:
+                return
+            yield chunk
+    finally:
+        produced.close()
+
+
+class Handoffs:
+    """Bodies of ``StreamingResponse`` s answered to ordinary calls, until pulled."""
+
+    def __init__(self, ttl_s: float = HANDOFF_TTL_S) -> None:
+        self._ttl_s = ttl_s
+        self._bodies: dict[str, tuple[Any, float]] = {}
+
+    def keep(self, body: Any) -> str:
+        now = time.monotonic()
+        for stream_id, (stale, expires) in list(self._bodies.items()):
+            if expires < now:
+                del self._bodies[stream_id]
+                _close_soon(stale)
+        stream_id = uuid.uuid4().hex
+        self._bodies[stream_id] = (body, now + self._ttl_s)
+        return stream_id
+
+    def take(self, stream_id: str) -> Any:
+        body, _ = self._bodies.pop(stream_id, (None, 0.0))
+        if body is None:
+            raise LookupError(f"stream {stream_id!r} is unknown here or expired "
+                              f"(a handed-off body is kept {self._ttl_s:g}s)")
+        return body
+
+    def __len__(self) -> int:
+        return len(self._bodies)
+
+
+def _close_soon(body: Any) -> None:
+    close = getattr(body, "aclose", None)
+    if close is not None:
+        asyncio.ensure_future(close())

@@ -18,14 +18,14 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Iterator
 
-from serveplane.context import current_session_id
+from serveplane.context import current_context, current_session_id
 from serveplane.exceptions import ServeplaneError
 from serveplane.records import ReplicaInfo
 from serveplane.router.response import Response
 from serveplane.router.router import EndpointRouter
+from serveplane.router.stream import ResponseStream
 from serveplane.router.transport import Failure
 
-DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_FANOUT_TIMEOUT_S = 30.0
 
 
@@ -45,7 +45,8 @@ class HandleOptions:
     method_name: str = "__call__"
     shard_key: str | None = None
     session_id: str | None = None
-    timeout_s: float = DEFAULT_TIMEOUT_S
+    timeout_s: float | None = None          # a deadline; None: none (queued at most QUEUE_TIMEOUT_S)
+    stream: bool = False
     http: bool = False
     http_method: str | None = None           # for backends of the classic (1.x) convention
     http_headers: dict[str, str] | None = None
@@ -89,12 +90,18 @@ class Handle:
     def options(self, *, method_name: str | None = None, shard_key: Any = None,
                 session_id: Any = None, timeout_s: float | None = None,
                 http: bool | None = None, http_method: str | None = None,
-                http_headers: dict[str, str] | None = None) -> Handle:
+                http_headers: dict[str, str] | None = None, stream: bool | None = None) -> Handle:
         """A handle on the same router with some call options changed. ``http=True`` sends
         calls as the HTTP proxy does: they reach only the methods the backend exposes over
         HTTP (``__call__``, ``BackendConfig.http_methods``, ``@serveplane.http_method``).
         ``http_method`` and ``http_headers`` are what a backend of the classic (1.x)
-        convention reads from its request's ``.method`` and ``.headers``."""
+        convention reads from its request's ``.method`` and ``.headers``.
+
+        ``timeout_s`` is a deadline that travels with the request: queued past it, the
+        request fails (``RequestTimeoutError``) and never runs; running past it, its call is
+        cancelled; the replica reads what is left (``get_request_context().remaining_s()``)
+        and handle calls made there inherit it. ``stream=True``: ``remote()`` returns a
+        ``ResponseStream`` of the chunks a generator method yields."""
         changes: dict[str, Any] = {}
         if http is not None:
             changes["http"] = bool(http)
@@ -116,19 +123,26 @@ class Handle:
         if session_id is not None:
             changes["session_id"] = str(session_id)
         if timeout_s is not None:
-            if not timeout_s > 0:
-                raise ValueError(f"timeout_s is {timeout_s!r}; it must be > 0")
+            if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
+                raise ValueError(f"timeout_s is {timeout_s!r}; it must be a number of seconds > 0")
             changes["timeout_s"] = float(timeout_s)
+        if stream is not None:
+            changes["stream"] = bool(stream)
         return Handle(self._router, options=replace(self._options, **changes))
 
     def remote(self, *args: Any, **kwargs: Any) -> Response:
-        """Send one request; ``Response`` arguments are passed replica to replica."""
+        """Send one request; ``Response`` arguments are passed replica to replica. With
+        ``options(stream=True)`` it returns a ``ResponseStream``."""
         o = self._options
         session_id = o.session_id
         if session_id is None:
             session_id = current_session_id.get()
-        response = Response(self._router, args, kwargs, o.method_name, session_id, o.shard_key,
-                            o.timeout_s, o.http, o.http_method, o.http_headers)
+        parent = current_context.get()  # made while running a request: inherit its deadline
+        response = (ResponseStream if o.stream else Response)(
+            self._router, args, kwargs, o.method_name, session_id, o.shard_key, o.timeout_s, o.http,
+            o.http_method, o.http_headers, parent.meta.deadline if parent is not None else None)
+        if parent is not None:
+            parent.add_child(response)  # cancelled with the request that made it
         self._router.submit(response)
         return response
 

@@ -15,7 +15,18 @@ Invariants:
   elsewhere (``max_retries``) only when the backend is ``idempotent``; a request whose
   *argument* died (a ``Response`` passed in) did not run: it waits for that argument's own
   retry and is sent again with the final ``ObjectRef``;
-- shadows are fired without waiting and never change or delay the primary answer.
+- shadows are fired without waiting and never change or delay the primary answer;
+- a replica that refuses a request (``ReplicaFullError``: full across all routers, or
+  draining) did not run it: the request goes to another replica (or waits), uncounted;
+- a cancelled request frees its slot at once; queued, it never reaches a replica; running,
+  its replica's call is cancelled;
+- a request with a deadline never starts after it (queued past it: ``NoReplicasError``,
+  a ``RequestTimeoutError``) and is cancelled when it passes while running.
+
+The parts are pure and tested without Ray: ``SlotTable`` (slots per replica, refusals),
+``WaitQueue`` (FIFO waiters, per-backend counts), ``decide`` (what a failure means) and
+``RequestState`` (each request's one state machine, moved only here, under the lock);
+the ``Transport`` makes the Ray calls.
 
 Config arrives through a ``ConfigSource`` on any thread; callbacks swap whole immutable
 values under a short lock. Picking is synchronous and runs on the caller's thread; only
@@ -35,7 +46,7 @@ import threading
 import time
 import uuid
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from serveplane.config import BackendConfig
 from serveplane.exceptions import (
@@ -43,6 +54,7 @@ from serveplane.exceptions import (
     EndpointNotFoundError,
     NoReplicasError,
     ReplicaDiedError,
+    RequestCancelledError,
 )
 from serveplane.records import BackendInfo, EndpointInfo, ReplicaInfo, RequestMetadata, keys
 from serveplane.router import loop as loops
@@ -57,10 +69,16 @@ from serveplane.router.policies import (
     weighted_pick,
 )
 from serveplane.router.batcher import Batcher
+from serveplane.router.decision import Verdict, decide
+from serveplane.router.slots import SlotTable
+from serveplane.router.state import RequestState, check
+from serveplane.router.waitqueue import WaitQueue
 from serveplane.router.reporter import report_replica_died
 from serveplane.router.shadows import fire_shadows
 from serveplane.router.stats import RouterStats
 from serveplane.router.transport import RAY_TRANSPORT, Failure, Transport
+
+from serveplane.router.response import BatchCall
 
 if TYPE_CHECKING:
     from serveplane.router.response import Response
@@ -71,6 +89,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_CONFIG = BackendConfig()
 MAX_TRACKED_SESSIONS = 100_000
 UNKNOWN_BACKEND = ""  # queue key of requests that wait for the endpoint's config
+UNBOUNDED = 2**62  # the queue limit of requests already admitted once (retries, arguments)
 
 
 class _Waiter:
@@ -110,13 +129,12 @@ class EndpointRouter:
         self._policy_key: tuple[str, bytes | None] = ("round_robin", None)
         self._replicas: dict[str, tuple[ReplicaInfo, ...]] = {}
         self._configs: dict[str, BackendConfig] = {}
-        self._in_flight: collections.defaultdict[str, int] = collections.defaultdict(int)
+        self._slots = SlotTable()
         self._dead: set[str] = set()
         self._backoff = backoff if backoff is not None else ReplicaBackoff()
-        self._backoff_end_pending = False  # a timer will wake the queue when a backoff ends
+        self._backoff_end_pending = False  # a timer will wake the queue when a hold ends
         self._live_cache: dict[str, list[ReplicaInfo]] = {}
-        self._queued: collections.defaultdict[str, int] = collections.defaultdict(int)
-        self._queue: collections.deque[_Waiter] = collections.deque()
+        self._queue: WaitQueue[_Waiter] = WaitQueue()
         self._sessions: collections.OrderedDict[str, str] = collections.OrderedDict()
         # requests holding a slot; weak, so one dropped unread is freed by its __del__
         self._running: weakref.WeakSet[Response] = weakref.WeakSet()
@@ -169,6 +187,7 @@ class EndpointRouter:
                 listed.update(r.actor_name for r in replicas)
                 self._dead &= listed  # forget the dead the controller dropped; hide the others
                 self._backoff.keep_only(listed)
+                self._slots.keep_only(listed)
                 self._replicas[backend] = replicas
                 self._live_cache.clear()
                 self._wake_all_locked()
@@ -193,7 +212,7 @@ class EndpointRouter:
 
     # -- picking (under the lock) -----------------------------------------------------------
     def _load(self, replica: ReplicaInfo) -> int:
-        return self._in_flight[replica.actor_name]
+        return self._slots.load(replica.actor_name)
 
     def _config(self, backend: str) -> BackendConfig:
         return self._configs.get(backend, DEFAULT_CONFIG)
@@ -202,10 +221,10 @@ class EndpointRouter:
         live = self._live_cache.get(backend)
         if live is None:
             dead = self._dead
-            backed_off = self._backoff.blocked()
+            backed_off = self._backoff.blocked() | self._slots.full.blocked()
             live = [r for r in self._replicas.get(backend, ()) if r.actor_name not in dead
                     and r.actor_name not in backed_off]
-            if not backed_off:  # a backoff ends with time: not cached while one runs
+            if not backed_off:  # a hold ends with time: not cached while one runs
                 self._live_cache[backend] = live
         return live
 
@@ -240,18 +259,21 @@ class EndpointRouter:
             replicas = self._live(backend)
         if not replicas:
             return None
-        limit = self._config(backend).max_concurrent_queries
-        in_flight = self._in_flight
+        config = self._configs.get(backend)
+        if config is None:
+            return None  # its max_concurrent_queries is not known yet: wait for the config
+        limit = config.max_concurrent_queries
+        slots = self._slots
         chosen = None
         if request.session_id is not None or request.shard_key is not None:
             chosen = self._pinned(request, replicas)
         if chosen is not None:
-            if in_flight[chosen.actor_name] >= limit:
+            if not slots.has_room(chosen.actor_name, limit):
                 return None
             if request.session_id is not None:
                 self._track_session(request.session_id, chosen)
         else:
-            free = [r for r in replicas if in_flight[r.actor_name] < limit]
+            free = [r for r in replicas if slots.has_room(r.actor_name, limit)]
             if not free:
                 return None
             policy = self._policy
@@ -261,11 +283,18 @@ class EndpointRouter:
         return chosen
 
     def _claim_locked(self, request: Response, replica: ReplicaInfo) -> None:
-        self._in_flight[replica.actor_name] += 1
+        self._slots.claim(replica.actor_name)
+        self._move(request, RequestState.ASSIGNED)
         request.replica = replica
         request.released = False
         request.watched = False
         self._running.add(request)
+
+    @staticmethod
+    def _move(request: Response, state: RequestState) -> None:
+        """The one place a request changes state (under the lock)."""
+        check(request.state, state)
+        request.state = state
 
     def _request_info(self, request: Response) -> RequestInfo:
         return RequestInfo(self.endpoint, request.method_name, request.session_id or request.shard_key,
@@ -304,26 +333,24 @@ class EndpointRouter:
         if hand_over:
             self._free_slot_locked(replica)
         else:
-            self._in_flight[replica.actor_name] -= 1
+            self._slots.release(replica.actor_name)
 
     def _free_slot_locked(self, replica: ReplicaInfo) -> None:
         """One slot of ``replica`` is free: hand it to the first queued request that may use it."""
         name = replica.actor_name
-        self._in_flight[name] -= 1
+        self._slots.release(name)
         if not self._queue or name in self._dead:
             return
-        if self._in_flight[name] >= self._config(replica.backend).max_concurrent_queries:
+        if not self._slots.has_room(name, self._config(replica.backend).max_concurrent_queries):
             return  # the limit went down meanwhile
         if not any(r.actor_name == name for r in self._live(replica.backend)):
             return
-        for waiter in self._queue:
-            if waiter.future.done():
-                continue  # timed out or cancelled; its coroutine removes it
-            if self._fits(waiter.request, replica):
-                self._queue.remove(waiter)
-                self._claim_locked(waiter.request, replica)
-                _call_soon(waiter.loop, self._hand_over, waiter, replica)
-                return
+        # a waiter whose future is done timed out or was cancelled; its coroutine removes it
+        waiter = self._queue.take_first(
+            lambda w: not w.future.done() and self._fits(w.request, replica))
+        if waiter is not None:
+            self._claim_locked(waiter.request, replica)
+            _call_soon(waiter.loop, self._hand_over, waiter, replica)
 
     def _hand_over(self, waiter: _Waiter, replica: ReplicaInfo | None) -> None:
         """On the waiter's loop. A slot that arrives too late goes back (to the next one)."""
@@ -335,8 +362,7 @@ class EndpointRouter:
 
     def _wake_all_locked(self) -> None:
         """Replicas, config or traffic changed: every queued request looks again."""
-        while self._queue:
-            waiter = self._queue.popleft()
+        for waiter in self._queue.take_all():
             _call_soon(waiter.loop, self._hand_over, waiter, None)
 
     def _check_exists_locked(self) -> None:
@@ -348,19 +374,18 @@ class EndpointRouter:
     def _reserve_queue_slot(self, request: Response) -> None:
         backend = request.backend or UNKNOWN_BACKEND
         limit = self._config(backend).max_queued_requests
-        queued = self._queued[backend]
-        if queued >= limit:
+        if not self._queue.reserve(backend, limit):
             self.stats.back_pressure_rejections += 1
             raise BackPressureError(
-                f"endpoint {self.endpoint!r} has {queued} requests queued for backend "
-                f"{backend or '(not yet known)'!r}, the limit (max_queued_requests) is {limit}; "
-                "every replica is at max_concurrent_queries: retry later or add replicas")
-        self._queued[backend] += 1
+                f"endpoint {self.endpoint!r} has {self._queue.count(backend)} requests queued for "
+                f"backend {backend or '(not yet known)'!r}, the limit (max_queued_requests) is "
+                f"{limit}; every replica is at max_concurrent_queries: retry later or add replicas")
         request.queued_under = backend
+        self._move(request, RequestState.QUEUED)
 
     def _unreserve_locked(self, request: Response) -> None:
         if request.queued_under is not None:
-            self._queued[request.queued_under] -= 1
+            self._queue.unreserve(request.queued_under)
             request.queued_under = None
 
     def _unwatched_locked(self) -> list[Response]:
@@ -401,7 +426,7 @@ class EndpointRouter:
     def submit(self, request: Response) -> None:
         """Send now if a replica is free; else queue (or refuse with back-pressure)."""
         info = self._info
-        if info is not None and info.batch_size and request.session_id is None and not request.deps:
+        if info is not None and info.batch_size and not request.stream and not request.deps:
             self._batcher.add(request, info.batch_size, info.batch_timeout_s)
             return
         if request.deps and any(dep.ref is None for dep in request.deps):
@@ -429,7 +454,6 @@ class EndpointRouter:
 
     async def _route_waiting(self, request: Response, reserved: bool, settle_deps: bool = False) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + request.timeout_s
         replica: ReplicaInfo | None = None
         waiter: _Waiter | None = None
         try:
@@ -439,8 +463,10 @@ class EndpointRouter:
                 elif dep.ref is None:
                     await dep.routed()
             while True:
-                remaining = deadline - loop.time()
+                remaining = request.queue_deadline - time.monotonic()
                 with self._lock:
+                    if request.state.final:  # cancelled while it waited: awaiters read .failure
+                        return
                     info = self._info
                     if request.backend is not None and info is not None and \
                             request.backend not in info.traffic:
@@ -450,19 +476,19 @@ class EndpointRouter:
                         self._check_exists_locked()  # deleted while it waited: fail now
                     if replica is None and remaining > 0:
                         if not reserved:
-                            self._queued[request.backend or UNKNOWN_BACKEND] += 1
-                            request.queued_under = request.backend or UNKNOWN_BACKEND
+                            backend = request.backend or UNKNOWN_BACKEND
+                            self._queue.reserve(backend, UNBOUNDED)  # retries are never refused
+                            request.queued_under = backend
                             reserved = True
+                        if request.state is not RequestState.QUEUED:
+                            self._move(request, RequestState.QUEUED)
                         waiter = _Waiter(request, loop)
                         self._queue.append(waiter)
                         unwatched = self._unwatched_locked()
                 if replica is not None:
                     break
                 if waiter is None:
-                    raise NoReplicasError(
-                        f"no replica of endpoint {self.endpoint!r} (backend "
-                        f"{request.backend or '(not yet known)'!r}) had a free slot within "
-                        f"{request.timeout_s:g}s; check that the backend has running replicas")
+                    self._expire_queued(request)
                 self._watch(unwatched)
                 timer = loop.call_later(remaining, _expire, waiter.future)
                 try:
@@ -484,14 +510,28 @@ class EndpointRouter:
             if reserved:
                 with self._lock:
                     self._unreserve_locked(request)
+        if request.state.final:  # cancelled as the slot arrived: awaiters read .failure
+            self.release(request)
+            return
         self._send(request)
+
+    def _expire_queued(self, request: Response) -> NoReturn:
+        """Its deadline passed while it waited for a slot: it fails and never runs."""
+        with self._lock:
+            if request.state.final:
+                raise request.failure or RequestCancelledError(f"{request!r} was cancelled")
+            what = "deadline" if request.deadline is not None else "queue timeout"
+            request.failure = NoReplicasError(
+                f"no replica of endpoint {self.endpoint!r} (backend "
+                f"{request.backend or '(not yet known)'!r}) had a free slot within "
+                f"{request.queue_timeout_s:.3g}s ({what}); it never ran: check that the backend has "
+                "running replicas, or raise timeout_s")
+            self._move(request, RequestState.FAILED)
+        raise request.failure
 
     def _forget(self, waiter: _Waiter) -> None:
         with self._lock:
-            try:
-                self._queue.remove(waiter)
-            except ValueError:
-                pass  # handed over or woken already
+            self._queue.remove(waiter)
 
     def _send(self, request: Response) -> None:
         """One actor call on the replica ``request`` has claimed."""
@@ -500,20 +540,31 @@ class EndpointRouter:
         request.attempts += 1
         meta = RequestMetadata(request.request_id, self.endpoint, request.method_name,
                                request.session_id, request.shard_key, http=request.http,
-                               http_method=request.http_method, http_headers=request.http_headers)
+                               http_method=request.http_method, http_headers=request.http_headers,
+                               deadline=request.wall_deadline)
         if request.deps:
             args, kwargs = request.resolved_args()
             request.producers = request.argument_producers()
         else:
             args, kwargs = request.args, request.kwargs
         try:
-            request.ref = self.transport.send(replica, meta, args, kwargs)
+            if request.stream:
+                ref = self.transport.send_stream(replica, meta, args, kwargs)
+            else:
+                ref = self.transport.send(replica, meta, args, kwargs)
         except BaseException:
             with self._lock:
                 self._release_locked(request)
+                self._move(request, RequestState.FAILED)
             raise
+        with self._lock:
+            if request.state is RequestState.CANCELLED:  # cancelled while it was being sent
+                self.transport.cancel(ref)
+                return
+            self._move(request, RequestState.RUNNING)
+            request.ref = ref
         self.stats.requests[replica.backend] += 1
-        if self._queue:
+        if self._queue and not request.stream:
             with self._lock:
                 unwatched = self._unwatched_locked()
             self._watch(unwatched)
@@ -528,7 +579,8 @@ class EndpointRouter:
         freed, a replica that died is hidden and shadows are compared."""
         ref = request.ref
         with self._lock:
-            request.done = True
+            if not request.state.final:
+                self._move(request, RequestState.DONE)
             request.watched = True
         self.transport.on_completed(ref, functools.partial(self._detached_done, request))
 
@@ -552,57 +604,86 @@ class EndpointRouter:
     def finish(self, request: Response) -> None:
         """The caller read the answer (value or application error): free the slot, once."""
         with self._lock:
-            request.done = True
+            if not request.state.final:
+                self._move(request, RequestState.DONE)
             if request.replica is not None:
-                self._backoff.answered(request.replica.actor_name)
+                name = request.replica.actor_name
+                self._backoff.answered(name)
+                self._slots.answered(name)
                 self.stats.outcomes.answered(request.replica.backend, time.monotonic() - request.started, True)
             self._release_locked(request)
 
+    def streaming(self, request: Response) -> None:
+        """A stream delivered its first chunk: from now on it is never retried."""
+        with self._lock:
+            if request.state is RequestState.RUNNING:
+                self._move(request, RequestState.STREAMING)
+
+    def cancel(self, request: Response, error: BaseException | None = None) -> bool:
+        """Cancel ``request``: queued, it never reaches a replica; running, its replica's call
+        is cancelled; either way its slot is free at once. ``error`` is what its awaiters get
+        (``RequestCancelledError`` by default; a deadline gives ``RequestTimeoutError``).
+        Returns False if the request was already final."""
+        with self._lock:
+            if request.state.final:
+                return False
+            request.failure = error or RequestCancelledError(
+                f"request {request.request_id} to endpoint {self.endpoint!r} was cancelled")
+            self._move(request, RequestState.CANCELLED)
+            self.stats.cancelled += 1
+            ref = request.ref
+            self._release_locked(request)
+            waiters = [w for w in self._queue if w.request is request]
+            for waiter in waiters:
+                self._queue.remove(waiter)
+                _call_soon(waiter.loop, self._hand_over, waiter, None)
+            request.shadows = []  # nothing to compare a cancelled answer with
+        if ref is not None:
+            self.transport.cancel(ref)
+        return True
+
     def on_failure(self, request: Response, error: BaseException, failed_ref: Any) -> BaseException | None:
-        """Decide what a failed attempt means, then act.
+        """Decide what a failed attempt means (``decision.decide``), then act.
 
         Returns the error the caller gets, or ``None`` when the request goes on (it is being
         re-routed: wait for ``request.waiting``). Safe to call from every awaiter of the same
         request: only the first one that reports an attempt acts on it.
         """
         with self._lock:
-            if request.done:
+            if request.state.final:
                 return request.failure or error
             if request.ref is not failed_ref:
                 return None  # another awaiter already re-routed this attempt
             replica = request.replica
             kind = (self.transport.classify(error, replica, request.producers)
                     if replica is not None else Failure.APPLICATION)
-            if kind is Failure.DEPENDENCY_DIED and not request.deps:
-                kind = Failure.APPLICATION  # about some other actor, and no argument came from one
-            if kind is Failure.APPLICATION:
-                request.done = True
+            assert replica is not None or kind is Failure.APPLICATION
+            config = self._config(replica.backend) if replica is not None else DEFAULT_CONFIG
+            decision = decide(kind, idempotent=config.idempotent, retries_done=request.attempts - 1,
+                              max_retries=config.max_retries, has_deps=bool(request.deps),
+                              chunks_delivered=request.chunks)
+            if decision.verdict is Verdict.ANSWER:
+                self._move(request, RequestState.DONE)
                 if replica is not None:
                     self._backoff.answered(replica.actor_name)  # it ran the user's code
+                    self._slots.answered(replica.actor_name)
                     self.stats.outcomes.answered(replica.backend, time.monotonic() - request.started, False)
                 self._release_locked(request)
                 return error
             assert replica is not None
-            config = self._config(replica.backend)
             if kind is Failure.REPLICA_DIED:
                 self._release_locked(request, hand_over=False)
                 self._hide_locked(replica)
             elif kind is Failure.REPLICA_UNAVAILABLE:
                 self._release_locked(request, hand_over=False)
                 self._back_off_locked(replica)
+            elif kind is Failure.REPLICA_FULL:
+                self._release_locked(request, hand_over=False)
+                self._hold_full_locked(replica)
             else:
                 self._release_locked(request)
-            may_have_run = kind is not Failure.DEPENDENCY_DIED
-            retries_done = request.attempts - 1
-            if may_have_run and not config.idempotent:
-                why = ("it may have run and the backend is configured idempotent=False; set "
-                       "idempotent=True in its BackendConfig if a request may run twice")
-            elif retries_done >= config.max_retries:
-                why = f"it was retried {retries_done} times (max_retries={config.max_retries})"
-            else:
-                why = None
-            if why is not None:
-                request.done = True
+            if decision.verdict is Verdict.FAIL:
+                self._move(request, RequestState.FAILED)
                 if kind is Failure.DEPENDENCY_DIED:
                     request.failure = error
                 else:
@@ -610,10 +691,14 @@ class EndpointRouter:
                     what = "died" if kind is Failure.REPLICA_DIED else "became unreachable"
                     request.failure = ReplicaDiedError(
                         f"replica {replica.actor_name} {what} while running a request of endpoint "
-                        f"{self.endpoint!r}; not retried because {why}")
+                        f"{self.endpoint!r}; not retried because {decision.why}")
                     request.failure.__cause__ = error
                 return request.failure
-            self.stats.retries += 1
+            if decision.verdict is Verdict.TRY_ELSEWHERE:
+                request.attempts -= 1  # it never ran there: not a retry
+                self.stats.refused += 1
+            else:
+                self.stats.retries += 1
             placeholder: concurrent.futures.Future = concurrent.futures.Future()
             request.waiting = placeholder  # before ref=None: awaiters never see neither
             request.previous_ref = failed_ref
@@ -621,6 +706,7 @@ class EndpointRouter:
             request.ref = None
             request.replica = None
             request.batch_index = None  # retried on its own
+            request.batch = None
         self._reroute(request, placeholder, settle_deps=kind is Failure.DEPENDENCY_DIED)
         return None
 
@@ -640,6 +726,12 @@ class EndpointRouter:
         routing = loops.start(self._route_waiting(request, reserved=False, settle_deps=settle_deps),
                               f"serveplane-retry-{request.request_id}")
         routing.add_done_callback(lambda done: loops.copy_outcome(done, placeholder))
+
+    def _hold_full_locked(self, replica: ReplicaInfo) -> None:
+        """``replica`` refused a request (full across routers, or draining): skip it briefly."""
+        self._slots.refused(replica.actor_name)
+        self._live_cache.clear()
+        self._schedule_backoff_end_locked()
 
     def _hide_locked(self, replica: ReplicaInfo) -> None:
         if any(r.actor_name == replica.actor_name for r in self._replicas.get(replica.backend, ())):
@@ -671,7 +763,8 @@ class EndpointRouter:
 
     def _schedule_backoff_end_locked(self) -> None:
         """Wake the queue when the first backoff period ends (queued requests may use it)."""
-        remaining = self._backoff.next_end_in()
+        ends = [t for t in (self._backoff.next_end_in(), self._slots.full.next_end_in()) if t is not None]
+        remaining = min(ends) if ends else None
         if remaining is None or self._backoff_end_pending:
             return
         self._backoff_end_pending = True
@@ -686,14 +779,49 @@ class EndpointRouter:
             self._schedule_backoff_end_locked()  # the next period (or this one, if the timer ran early)
 
     # -- used by the batcher and shadows ------------------------------------------------------
-    def claim_for_batch(self, batch: list[Response]) -> ReplicaInfo | None:
-        """One replica with a slot for the first request; the others ride along on it."""
+    def claim_for_batch(self, batch: list[Response]) -> tuple[
+            list[tuple[ReplicaInfo, list[Response]]], list[Response], list[Response]]:
+        """Slots for a gathered batch, each request picked on its own: the requests grouped
+        by replica, those that must wait, and those cancelled while they were gathered."""
+        groups: dict[str, tuple[ReplicaInfo, list[Response]]] = {}
+        waiting, cancelled = [], []
         with self._lock:
-            replica = self._try_pick(batch[0])
-            if replica is not None:
-                for request in batch[1:]:
-                    self._claim_locked(request, replica)
-            return replica
+            for request in batch:
+                if request.state.final:
+                    cancelled.append(request)
+                    continue
+                replica = self._try_pick(request)
+                if replica is None:
+                    waiting.append(request)
+                else:
+                    groups.setdefault(replica.actor_name, (replica, []))[1].append(request)
+        return list(groups.values()), waiting, cancelled
+
+    def sent_batch(self, batch: list[Response], ref: Any) -> None:
+        """The requests of ``batch`` are running as one call (``ref`` answers them all)."""
+        cancelled = False
+        call = BatchCall(ref)
+        with self._lock:
+            for index, request in enumerate(batch):
+                request.batch_index = index
+                request.batch = call
+                request.attempts = 1
+                if request.state.final:  # cancelled while it was sent: its slot is free already
+                    cancelled = True
+                    continue
+                request.backend = request.replica.backend if request.replica is not None else request.backend
+                self._move(request, RequestState.RUNNING)
+                request.ref = ref
+        if cancelled and all(r.state.final for r in batch):
+            self.transport.cancel(ref)
+
+    def fail(self, request: Response, error: BaseException) -> None:
+        """``request`` failed before it ran (its send raised): free its slot."""
+        with self._lock:
+            self._release_locked(request)
+            request.failure = error
+            if not request.state.final:
+                self._move(request, RequestState.FAILED)
 
     def release(self, request: Response) -> None:
         with self._lock:
@@ -703,11 +831,11 @@ class EndpointRouter:
         """The least loaded replica of ``backend`` with a free slot, claimed; shadows never wait."""
         with self._lock:
             limit = self._config(backend).max_concurrent_queries
-            free = [r for r in self._live(backend) if self._in_flight[r.actor_name] < limit]
+            free = [r for r in self._live(backend) if self._slots.has_room(r.actor_name, limit)]
             if not free:
                 return None
             replica = min(free, key=self._load)
-            self._in_flight[replica.actor_name] += 1
+            self._slots.claim(replica.actor_name)
             return replica
 
     def release_shadow(self, replica: ReplicaInfo) -> None:
@@ -742,11 +870,11 @@ class EndpointRouter:
             report = {}
             for backend, replicas in self._replicas.items():
                 report[backend] = {
-                    "queued": float(self._queued.get(backend, 0)),
-                    "in_flight": float(sum(self._in_flight.get(r.actor_name, 0) for r in replicas)),
+                    "queued": float(self._queue.count(backend)),
+                    "in_flight": float(self._slots.sum_of(r.actor_name for r in replicas)),
                     "rate": rates.get(backend, 0.0),
                 }
-            waiting = self._queued.get(UNKNOWN_BACKEND, 0)
+            waiting = self._queue.count(UNKNOWN_BACKEND)
             if waiting and self._info is not None:
                 for backend in self._info.traffic:
                     entry = report.setdefault(backend, {"queued": 0.0, "in_flight": 0.0, "rate": 0.0})
@@ -765,12 +893,15 @@ class EndpointRouter:
                 "replicas": {b: [r.actor_name for r in self._live(b)] for b in self._replicas},
                 "dead_replicas": sorted(self._dead),
                 "backed_off_replicas": sorted(self._backoff.blocked()),
-                "in_flight": sum(self._in_flight.values()),
-                "in_flight_by_replica": {k: v for k, v in self._in_flight.items() if v},
-                "queued": sum(self._queued.values()),
+                "in_flight": self._slots.total(),
+                "in_flight_by_replica": self._slots.by_replica(),
+                "full_replicas": sorted(self._slots.full.blocked()),
+                "queued": self._queue.total(),
                 "requests": sum(self.stats.requests.values()),
                 "requests_by_backend": dict(self.stats.requests),
                 "retries": self.stats.retries,
+                "refused_by_replicas": self.stats.refused,
+                "cancelled": self.stats.cancelled,
                 "session_moves": self.stats.session_moves,
                 "sessions": len(self._sessions),
                 "back_pressure_rejections": self.stats.back_pressure_rejections,

@@ -121,6 +121,8 @@ class RouterStats:
 
     requests: collections.defaultdict = field(default_factory=lambda: collections.defaultdict(int))
     retries: int = 0
+    refused: int = 0     # attempts a replica refused unrun (full across routers, draining)
+    cancelled: int = 0
     session_moves: int = 0
     back_pressure_rejections: int = 0
     shadows: dict[str, ShadowStats] = field(default_factory=dict)

@@ -18,6 +18,8 @@ message text:
   the replica that produced one of the call's ``Response`` arguments, or about an actor
   other than the replica when it comes unwrapped): the replica is fine and did not run the
   call; the argument must be recomputed first;
+- ``REPLICA_FULL``: the replica refused the call without running it (``ReplicaFullError``:
+  at ``max_concurrent_queries`` across all routers, or draining): try another replica;
 - ``APPLICATION``: anything else: user code raised (whatever its message says), including
   a ``RayTaskError`` from the user's own call to some other actor, and timeouts. It reaches
   the caller as is.
@@ -29,7 +31,10 @@ import enum
 from typing import Any, Callable, Protocol, Sequence
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
+
+from serveplane.exceptions import ReplicaFullError
+from serveplane.replica.streaming import STREAM_BUFFER
 
 from serveplane.records import ReplicaInfo, RequestMetadata
 
@@ -38,6 +43,7 @@ class Failure(str, enum.Enum):
     REPLICA_DIED = "replica_died"
     REPLICA_UNAVAILABLE = "replica_unavailable"
     DEPENDENCY_DIED = "dependency_died"
+    REPLICA_FULL = "replica_full"
     APPLICATION = "application"
 
 
@@ -46,6 +52,22 @@ class Transport(Protocol):
 
     def send_batch(self, replica: ReplicaInfo, meta: RequestMetadata,
                    calls: list[tuple[tuple, dict]]) -> Any: ...
+
+    def send_stream(self, replica: ReplicaInfo, meta: RequestMetadata, args: tuple, kwargs: dict) -> Any:
+        """A streaming call; returns a generator of chunk refs (``next_chunk`` reads one)."""
+
+    async def next_chunk(self, stream: Any) -> Any:
+        """The next chunk of ``stream``'s call; ``StopAsyncIteration`` at its end."""
+
+    def next_chunk_sync(self, stream: Any, timeout: float | None) -> Any:
+        """``next_chunk`` for sync callers; ``StopIteration`` at the end."""
+
+    def pull_stream(self, replica: ReplicaInfo, stream_id: str) -> Any:
+        """The body a replica kept for a ``StreamHandoff``, as a stream."""
+
+    def cancel(self, ref: Any) -> None:
+        """Cancel the call behind ``ref`` (or a stream): the replica's task gets
+        ``CancelledError``, or never starts."""
 
     def get(self, ref: Any, timeout: float | None) -> Any: ...
 
@@ -72,6 +94,36 @@ class RayTransport:
         return replica.actor_handle.handle_batch.remote(meta, calls)
 
     @staticmethod
+    def send_stream(replica: ReplicaInfo, meta: RequestMetadata, args: tuple, kwargs: dict) -> Any:
+        method = replica.actor_handle.handle_stream.options(
+            num_returns="streaming", _generator_backpressure_num_objects=STREAM_BUFFER)
+        return method.remote(wire_metadata(meta), *args, **kwargs)
+
+    @staticmethod
+    def pull_stream(replica: ReplicaInfo, stream_id: str) -> Any:
+        method = replica.actor_handle.pull_stream.options(
+            num_returns="streaming", _generator_backpressure_num_objects=STREAM_BUFFER)
+        return method.remote(stream_id)
+
+    @staticmethod
+    async def next_chunk(stream: Any) -> Any:
+        return await (await stream.__anext__())
+
+    @staticmethod
+    def next_chunk_sync(stream: Any, timeout: float | None) -> Any:
+        ref = stream._next_sync(timeout)
+        if ref.is_nil():
+            raise GetTimeoutError(f"no chunk within {timeout}s")
+        return ray.get(ref, timeout=timeout)
+
+    @staticmethod
+    def cancel(ref: Any) -> None:
+        try:
+            ray.cancel(ref, recursive=True)
+        except Exception:  # noqa: BLE001 - already finished, or its owner is gone
+            pass
+
+    @staticmethod
     def get(ref: Any, timeout: float | None) -> Any:
         return ray.get(ref, timeout=timeout)
 
@@ -88,6 +140,8 @@ class RayTransport:
     @staticmethod
     def classify(error: BaseException, replica: ReplicaInfo,
                  producers: Sequence[ReplicaInfo] = ()) -> Failure:
+        if isinstance(error, ReplicaFullError):
+            return Failure.REPLICA_FULL  # raised by the replica before running anything
         if isinstance(error, RayTaskError):
             # raised inside the replica's task: the replica ran it. Only an argument that
             # could not be fetched (its producer's error) is not the user's own failure.
@@ -114,7 +168,7 @@ def wire_metadata(meta: RequestMetadata) -> list:
     a tuple) through pickle; on a no-op call that is ~15% of the throughput.
     """
     return [meta.request_id, meta.endpoint, meta.method_name, meta.session_id, meta.shard_key,
-            meta.is_shadow, meta.http, meta.http_method, meta.http_headers]
+            meta.is_shadow, meta.http, meta.http_method, meta.http_headers, meta.deadline, meta.trace]
 
 
 def _actor_id(replica: ReplicaInfo) -> str | None:

@@ -61,12 +61,13 @@ def test_router_side_batching_one_actor_call_per_batch(serve_instance):
     stats = h.router.statistics()
     assert stats["max_batch_size_seen"] == 8
     assert stats["batches"] - before == 4  # 32 calls, four actor calls
-    # calls in a session are never batched and keep their affinity
+    # calls in a session are batched on their session's replica: affinity is kept
     sid = client.start_session()
-    replicas = set()
+    moves = stats["session_moves"]
     for i in range(5):
         assert h.options(session_id=sid).remote(i).result(timeout=30) == i * 3
-    assert h.router.statistics()["batches"] == stats["batches"]
+    assert h.router.statistics()["session_moves"] == moves
+    stats = h.router.statistics()
     # changing the batching of a live endpoint reaches the router
     client.set_batching("ep", None)
     import time

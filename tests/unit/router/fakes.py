@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayTaskError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayTaskError, TaskCancelledError
 
 from serveplane.config import BackendConfig
 from serveplane.records import BackendInfo, EndpointInfo, ReplicaInfo, RequestMetadata, keys
@@ -68,6 +68,7 @@ def _copy_into(done: concurrent.futures.Future, mirror: asyncio.Future) -> None:
 class FakeTransport:
     def __init__(self, auto: Callable[[FakeRef], Any] | None = None) -> None:
         self.calls: list[FakeRef] = []
+        self.cancelled: list[FakeRef] = []
         self.auto = auto
 
     def send(self, replica: ReplicaInfo, meta: RequestMetadata, args: tuple, kwargs: dict) -> FakeRef:
@@ -91,6 +92,12 @@ class FakeTransport:
             if not ref.future.done():
                 raise GetTimeoutError(f"not ready within {timeout}s") from None
             raise
+
+    def cancel(self, ref: FakeRef) -> None:
+        """Like ``ray.cancel``: the call ends with ``TaskCancelledError`` unless it ended."""
+        self.cancelled.append(ref)
+        if not ref.future.done():
+            ref.fail(TaskCancelledError())
 
     @staticmethod
     def on_completed(ref: FakeRef, callback: Callable[[Any], None]) -> None:

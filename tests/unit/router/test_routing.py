@@ -184,7 +184,7 @@ def test_fanout_reports_every_replica_and_checks_quorum():
 
 def test_options_are_checked_and_handles_on_a_static_source_refuse_to_pickle():
     _, _, _, h = make()
-    with pytest.raises(ValueError, match="timeout_s is -1; it must be > 0"):
+    with pytest.raises(ValueError, match="timeout_s is -1; it must be a number of seconds > 0"):
         h.options(timeout_s=-1)
     with pytest.raises(TypeError, match="exists only in this process.*get_handle"):
         pickle.dumps(h)

@@ -1,0 +1,166 @@
+"""``ResponseStream``: a request whose answer is a stream of chunks.
+
+``handle.options(stream=True).remote(x)`` routes like any request (queue, slot, retries
+off dead replicas before the first chunk) and makes one Ray streaming-generator call; the
+replica sends each chunk as its generator yields it (``replica/streaming.py``).
+``async for chunk in stream`` and ``for chunk in stream`` read them as they come. Ray
+holds the producer back while ``STREAM_BUFFER`` chunks are unread, so a slow reader slows
+the generator and memory stays bounded.
+
+A replica that dies before the first chunk: the stream is retried like any request (same
+``idempotent``/``max_retries`` rules). After it: the stream ends with ``ReplicaDiedError``.
+``cancel()``, a cancelled reading task, or the deadline stop the replica's generator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, AsyncIterator, Iterator
+
+from ray.exceptions import GetTimeoutError
+
+from serveplane.replica.streaming import StreamHandoff, StreamStart, Whole
+from serveplane.router import loop as loops
+from serveplane.router.response import Response
+from serveplane.router.state import RequestState
+
+_END = object()
+
+
+class ResponseStream(Response):
+    """Iterate it (``async for`` or ``for``); ``start`` holds the status and headers when
+    the backend returned a starlette ``StreamingResponse``."""
+
+    __slots__ = ("start", "whole")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["stream"] = True
+        super().__init__(*args, **kwargs)
+        self.start: StreamStart | None = None
+        self.whole = False  # the method returned one value (its only chunk), not a stream
+
+    # -- async ------------------------------------------------------------------------------
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        router = self.router
+        while True:
+            if self.state is RequestState.DONE:
+                raise StopAsyncIteration
+            gen = self.ref
+            if gen is None:
+                await self.routed()  # the queue enforces the deadline while it waits
+                continue
+            try:
+                if self.deadline is None:
+                    chunk = await router.transport.next_chunk(gen)
+                else:
+                    with loops.Deadline(self.deadline - time.monotonic()):
+                        chunk = await router.transport.next_chunk(gen)
+            except loops.DeadlinePassed:
+                raise self._timed_out() from None
+            except StopAsyncIteration:
+                router.finish(self)
+                raise
+            except asyncio.CancelledError:
+                self._caller_cancelled()
+                raise
+            except Exception as exc:  # noqa: BLE001 - classified by the router
+                self._fail(exc, gen)
+                continue
+            item = self._item(chunk)
+            if item is not _END:
+                return item
+
+    # -- sync -------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        router = self.router
+        while True:
+            if self.state is RequestState.DONE:
+                raise StopIteration
+            remaining = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+            gen = self.ref
+            if gen is None:
+                if self.state.final and self.failure is not None:
+                    raise self.failure
+                self._wait_routed_sync(remaining)
+                continue
+            try:
+                chunk = router.transport.next_chunk_sync(gen, remaining)
+            except StopIteration:
+                router.finish(self)
+                raise
+            except GetTimeoutError:
+                raise self._timed_out() from None
+            except Exception as exc:  # noqa: BLE001 - classified by the router
+                self._fail(exc, gen)
+                continue
+            item = self._item(chunk)
+            if item is not _END:
+                return item
+
+    # -- shared -----------------------------------------------------------------------------
+    def _fail(self, exc: Exception, gen: Any) -> None:
+        """Raise the caller's error, or return when the stream was sent again elsewhere."""
+        if self.state is RequestState.CANCELLED or self.state is RequestState.FAILED:
+            raise self.failure or exc
+        error = self.router.on_failure(self, exc, gen)
+        if error is None:
+            return  # retried before its first chunk
+        if error is exc:
+            raise exc
+        raise error from exc
+
+    def _item(self, chunk: Any) -> Any:
+        self.chunks += 1
+        if self.chunks == 1:
+            self.router.streaming(self)
+        if isinstance(chunk, StreamStart):
+            self.start = chunk
+            return _END
+        if isinstance(chunk, Whole):  # the method returned one value, not a stream
+            self.whole = True
+            return chunk.value
+        return chunk
+
+    def result(self, timeout: float | None = None) -> Any:
+        raise TypeError("a ResponseStream has no single result: iterate it (for / async for)")
+
+    def __await__(self) -> Any:
+        raise TypeError("a ResponseStream cannot be awaited: iterate it with 'async for'")
+
+    def __repr__(self) -> str:
+        return f"<ResponseStream {self.router.endpoint}.{self.method_name} ({self.state.value}, " \
+               f"{self.chunks} chunks)>"
+
+
+class HandoffStream:
+    """The body of a ``StreamingResponse`` a replica answered to an ordinary HTTP call
+    (``StreamHandoff``): pulled from that replica with one streaming call."""
+
+    def __init__(self, response: Response, handoff: StreamHandoff) -> None:
+        self.start = handoff.start
+        self._router = response.router
+        replica = response.replica
+        if replica is None:
+            raise RuntimeError(f"{response!r} has no replica to pull its stream from")
+        self._gen = self._router.transport.pull_stream(replica, handoff.stream_id)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self._router.transport.next_chunk(self._gen)
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+
+    def cancel(self) -> None:
+        self._router.transport.cancel(self._gen)
+
