@@ -3,12 +3,13 @@
 | status | when |
 |---|---|
 | UNAUTHENTICATED | API keys are configured and the metadata has no valid ``authorization: Bearer <key>`` |
-| RESOURCE_EXHAUSTED + ``retry-after`` | the key's rate limit, ``max_concurrent_requests`` in flight, or back-pressure |
+| RESOURCE_EXHAUSTED + ``retry-after`` | the key's rate limit, ``max_concurrent_requests`` in flight, back-pressure (``BackPressureError``, ``ReplicaFullError``) |
 | NOT_FOUND | no such endpoint, or no backend of it defines the method (also private and control names) |
 | FAILED_PRECONDITION | no ``endpoint`` metadata and several endpoints define the method |
-| DEADLINE_EXCEEDED | the call's deadline (or ``request_timeout_s``) passed |
-| UNAVAILABLE + ``retry-after`` | no replica could take the call (``NoReplicasError``), or its replica died and it was not retried |
-| CANCELLED | the request was cancelled on the serving side |
+| DEADLINE_EXCEEDED | the call's deadline (or ``request_timeout_s``) passed, waiting for a replica (``NoReplicasError``) or running |
+| UNAVAILABLE + ``retry-after`` | the replica running the call died and the call was not retried (``ReplicaDiedError``) |
+| UNIMPLEMENTED | a unary RPC whose backend method is a generator (``StreamingMethodError``), or an RPC that streams requests |
+| CANCELLED | the request was cancelled on the serving side (``RequestCancelledError``) |
 | INTERNAL + ``error-id`` | the backend raised (or anything unexpected): the details say only the error id |
 
 An INTERNAL answer never carries the exception's text unless ``debug_errors``; the proxy logs
@@ -43,7 +44,7 @@ def retry_later(details: str, retry_after_s: int = RETRY_AFTER_S, code: str = "R
 
 def _cancelled_types() -> tuple[type[BaseException], ...]:
     cancelled = getattr(errors, "RequestCancelledError", None)
-    return (asyncio.CancelledError,) + ((cancelled,) if isinstance(cancelled, type) else ())
+    return (asyncio.CancelledError,) + ((cancelled,) if isinstance(cancelled, type) else ())  # issue 14
 
 
 def cause_of(exc: BaseException) -> BaseException:
@@ -63,14 +64,17 @@ def outcome_of(exc: BaseException, endpoint: str, debug_errors: bool = False) ->
     local = cause is exc  # raised in this process, not by user code on a replica
     if isinstance(cause, _cancelled_types()[1:]) or (local and isinstance(cause, asyncio.CancelledError)):
         return Outcome("CANCELLED", f"the request to endpoint {endpoint!r} was cancelled")
+    # NoReplicasError is a RequestTimeoutError: no replica had a slot before the deadline
     if isinstance(cause, errors.RequestTimeoutError) or (local and isinstance(cause, asyncio.TimeoutError)):
         return Outcome("DEADLINE_EXCEEDED", f"the request to endpoint {endpoint!r} did not finish "
                                             "before its deadline")
     if isinstance(cause, errors.BackPressureError):
         return retry_later(f"endpoint {endpoint!r} is at capacity; retry after {RETRY_AFTER_S}s")
-    if isinstance(cause, errors.NoReplicasError):
-        return retry_later(f"no replica of endpoint {endpoint!r} could take the request; retry "
-                           f"after {RETRY_AFTER_S}s", code="UNAVAILABLE")
+    if isinstance(cause, errors.ReplicaFullError):
+        return retry_later(f"every replica of endpoint {endpoint!r} is full; retry after {RETRY_AFTER_S}s")
+    if isinstance(cause, errors.StreamingMethodError):
+        return Outcome("UNIMPLEMENTED", "the backend's method for this RPC is a generator; declare the "
+                                        "RPC server-streaming (returns (stream ...)) to call it")
     if isinstance(cause, errors.ReplicaDiedError):
         return retry_later(f"the replica serving the request to endpoint {endpoint!r} died; retry "
                            f"after {RETRY_AFTER_S}s", code="UNAVAILABLE")

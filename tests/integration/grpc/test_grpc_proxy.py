@@ -133,12 +133,15 @@ def test_back_pressure_is_resource_exhausted_with_retry_after(instance):
     client.create_endpoint("full", backend="full")
     try:
         stub = echo_pb2_grpc.EchoStub(instance.channel)
-        busy = stub.Say.future(Req(text="busy", sleep_s=3), timeout=20, metadata=[("endpoint", "full")])
-        wait_for(lambda: counters(instance, "full")["running"] == 1, what="the first call running")
+        # a stream whose first chunk arrived holds the replica's only slot
+        busy = stub.Count(Req(text="busy", n=1000, sleep_s=0.02), timeout=60, metadata=[("endpoint", "full")])
+        assert next(busy).index == 0
         error = status_of(lambda: stub.Say(Req(text="more"), timeout=10, metadata=[("endpoint", "full")]))
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "at capacity" in error.details()
         assert dict(error.trailing_metadata())["retry-after"] == "1"
-        assert busy.result(timeout=20).text == "busy"
+        busy.cancel()
+        wait_for(lambda: _succeeds(lambda: stub.Say(Req(text="x"), timeout=10, metadata=[("endpoint", "full")])),
+                 what="the slot free again")
     finally:
         client.delete_endpoint("full")
         client.delete_backend("full")

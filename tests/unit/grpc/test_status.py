@@ -24,7 +24,9 @@ class Wrapped(Exception):
     (errors.BackPressureError("queue full"), "RESOURCE_EXHAUSTED", "1"),
     (errors.RequestTimeoutError("too late"), "DEADLINE_EXCEEDED", None),
     (asyncio.TimeoutError(), "DEADLINE_EXCEEDED", None),
-    (errors.NoReplicasError("no slot"), "UNAVAILABLE", "1"),
+    (errors.NoReplicasError("no slot before the deadline"), "DEADLINE_EXCEEDED", None),
+    (errors.ReplicaFullError("full"), "RESOURCE_EXHAUSTED", "1"),
+    (Wrapped(errors.StreamingMethodError("method 'Count' is a generator")), "UNIMPLEMENTED", None),
     (errors.ReplicaDiedError("died"), "UNAVAILABLE", "1"),
     (asyncio.CancelledError(), "CANCELLED", None),
     (Wrapped(ValueError("secret")), "INTERNAL", None),
@@ -32,7 +34,7 @@ class Wrapped(Exception):
     (Wrapped(asyncio.CancelledError()), "INTERNAL", None),
     (RuntimeError("unexpected"), "INTERNAL", None),
 ], ids=["endpoint-deleted", "not-exposed", "back-pressure", "request-timeout", "local-timeout",
-        "no-replicas", "replica-died", "cancelled", "user-error", "user-timeout", "user-cancelled",
+        "no-replicas", "replica-full", "generator-called-unary", "replica-died", "cancelled", "user-error", "user-timeout", "user-cancelled",
         "unexpected"])
 def test_status_of_each_error(exc, code, retry_after):
     outcome = outcome_of(exc, "ep")
