@@ -34,7 +34,7 @@ from serveplane.grpc.servicer import MethodSpec, build_handlers, read_services
 from serveplane.grpc.status import Outcome, internal_error, outcome_of, retry_later
 from serveplane.http.auth import ApiKeys, bearer_token
 from serveplane.http.limits import Admission, TokenBuckets
-from serveplane.records import CONTROLLER_NAME
+from serveplane.records import CONTROLLER_NAME, keys
 
 logger = logging.getLogger("serveplane.grpc")
 
@@ -102,7 +102,8 @@ class GRPCProxy:
         except Unresolved:
             if self.directory.settled:
                 raise
-            await self._settle(context)  # a change this proxy has not heard of yet
+            remaining = context.time_remaining()  # a change this proxy has not heard of yet
+            await self.wait_settled(SETTLE_WAIT_S if remaining is None else min(SETTLE_WAIT_S, remaining))
             endpoint = self.directory.resolve(named, spec.name)
         remaining = context.time_remaining()
         timeout_s = self.options.request_timeout_s
@@ -117,21 +118,22 @@ class GRPCProxy:
             opts["shard_key"] = metadata[SHARD_KEY]
         return endpoint, opts
 
-    async def _settle(self, context: Any) -> None:
-        remaining = context.time_remaining()
-        limit = SETTLE_WAIT_S if remaining is None else max(0.0, min(SETTLE_WAIT_S, remaining))
-        deadline = asyncio.get_running_loop().time() + limit
+    async def wait_settled(self, limit_s: float) -> bool:
+        """Wait (at most ``limit_s``) until the directory holds a value of every key it follows."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit_s
         while not self.directory.settled:
-            left = deadline - asyncio.get_running_loop().time()
+            left = deadline - loop.time()
             if left <= 0:
-                return
+                return False
             self._changed.clear()
             if self.directory.settled:
-                return
+                break
             try:
                 await asyncio.wait_for(self._changed.wait(), left)
             except asyncio.TimeoutError:
-                return
+                return self.directory.settled
+        return True
 
     def _handle(self, endpoint: str) -> Any:
         from serveplane.router import get_handle
@@ -337,11 +339,9 @@ class GRPCProxyActor:
             behind = await loop.run_in_executor(None, client.wait_for_snapshots, snapshot_ids, timeout_s)
             if behind:
                 return behind
-        while not self._directory.settled:  # keys it began to follow because of the change
-            if loop.time() >= deadline:
-                return {"endpoints": "?"}
-            await asyncio.sleep(0.005)
-        return {}
+        # the keys it began to follow because of the change
+        settled = await self._proxy.wait_settled(max(0.0, deadline - loop.time()))
+        return {} if settled else {keys.ENDPOINTS: "?"}
 
 
 def _refusing(proxy: GRPCProxy, outcome_for: Callable[[Any], Outcome | None]) -> Any:
