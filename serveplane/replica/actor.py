@@ -257,12 +257,11 @@ class ReplicaActor:
                     f"method {meta.method_name!r} of backend {self._backend!r} is a generator: "
                     "call it with handle.options(stream=True).remote(...) and iterate the stream")
             args, kwargs = self._convert(meta, method, args, kwargs)
-            with _deadline_scope(meta):
-                if getattr(method, "_serveplane_accept_batch", False):
-                    result = await self._accept_batcher(meta.method_name, method).submit(
-                        _one_arg(args, kwargs, meta.method_name))
-                else:
-                    result = await self._call(method, args, kwargs)
+            if meta.deadline is None:
+                result = await self._invoke(meta, method, args, kwargs)
+            else:
+                with _deadline_scope(meta):
+                    result = await self._invoke(meta, method, args, kwargs)
             if is_streaming_response(result):
                 if meta.http:  # the proxy pulls the body with one more call (pull_stream)
                     result = StreamHandoff(self._handoffs.keep(result.body_iterator), stream_start(result))
@@ -279,6 +278,11 @@ class ReplicaActor:
             current_request.reset(token_req)
             current_context.reset(token_ctx)
             self._metrics.end(ok, time.monotonic() - started, meta.session_id)
+
+    def _invoke(self, meta: RequestMetadata, method: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        if getattr(method, "_serveplane_accept_batch", False):
+            return self._accept_batcher(meta.method_name, method).submit(_one_arg(args, kwargs, meta.method_name))
+        return self._call(method, args, kwargs)
 
     def _streams(self, name: str, method: Callable[..., Any]) -> bool:
         known = self._streaming_methods.get(name)

@@ -29,6 +29,11 @@ class Streamer:
                 await asyncio.sleep(gap_s)
             yield f"tok{i} "
 
+    async def late_tokens(self, delay_s: float):
+        await asyncio.sleep(delay_s)
+        for i in range(3):
+            yield i
+
     def sync_tokens(self, n: int, gap_s: float = 0.2):
         for i in range(n):
             if i:

@@ -238,11 +238,16 @@ def test_http_disconnect_cancels_and_timeout_header_is_a_deadline():
             assert r.status_code == 400 and "X-SERVE-TIMEOUT-S" in r.json()["error"]
 
 
-def test_a_stream_whose_replica_dies_midway_ends_with_replica_died(serve_instance):
+def test_a_stream_whose_replica_dies_is_retried_before_its_first_chunk_and_cut_after(serve_instance):
     client = serve_instance
-    client.create_backend("dies", Streamer, config=BackendConfig(idempotent=True))
+    client.create_backend("dies", Streamer, config=BackendConfig(idempotent=True, num_replicas=2))
     client.create_endpoint("dies", backend="dies")
     h = client.get_handle("dies")
+    wait_for(lambda: len(h.router.statistics()["replicas"].get("dies", [])) == 2, what="two replicas")
+    early = h.options(method_name="late_tokens", stream=True).remote(1.0)
+    ray.kill(early.replica.actor_handle, no_restart=True)  # before its first chunk
+    assert list(early) == [0, 1, 2]
+    assert h.router.statistics()["retries"] == 1
     stream = h.options(method_name="endless", stream=True).remote(0.05)
     assert next(stream) == "0\n"
     ray.kill(stream.replica.actor_handle, no_restart=True)
