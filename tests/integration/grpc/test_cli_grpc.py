@@ -20,6 +20,17 @@ from tests.integration.grpc.conftest import SERVICERS, free_port
 
 pytestmark = [pytest.mark.ray]
 
+MODEL = """
+class Echo:
+    def __init__(self, name):
+        self.name = name
+
+    def Say(self, request):
+        from tests.integration.grpc import echo_pb2
+
+        return echo_pb2.EchoReply(text=request.text, backend=self.name)
+"""
+
 CONFIG = """
 http: {{port: {http_port}}}
 grpc:
@@ -27,7 +38,7 @@ grpc:
   servicer_functions: {servicers}
 backends:
   - name: echo
-    import_path: tests.integration.grpc.backends:Echo
+    import_path: grpc_cli_model:Echo
     init_args: ["yaml"]
     ray_actor_options: {{num_cpus: 0.1}}
 endpoints:
@@ -41,6 +52,7 @@ def test_serveplane_run_serves_grpc_from_the_yaml(ray_session, tmp_path):
     address = ray.get_runtime_context().gcs_address
     ns = f"cli-{uuid.uuid4().hex[:6]}"
     grpc_port = free_port()
+    (tmp_path / "grpc_cli_model.py").write_text(MODEL)
     config = tmp_path / "grpc.yaml"
     config.write_text(CONFIG.format(http_port=free_port(), grpc_port=grpc_port, servicers=SERVICERS))
     proc = subprocess.Popen([sys.executable, "-m", "serveplane.cli", "--address", address, "--namespace", ns,
