@@ -8,6 +8,7 @@ import time
 
 import grpc
 import pytest
+import ray
 
 from tests.integration.grpc import echo_pb2, echo_pb2_grpc
 from tests.integration.grpc.backends import Echo
@@ -178,8 +179,9 @@ def test_api_keys_rate_limit_and_in_flight_bound(ray_session):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    with grpc_instance(api_keys=[KEY], rate_limit_rps=2, rate_limit_burst=4,
+    with grpc_instance(api_keys=[KEY], rate_limit_rps=2, rate_limit_burst=4, location="EveryNode",
                        max_concurrent_requests=1) as inst:
+        assert len(inst.client.grpc_addresses) == len([n for n in ray.nodes() if n["Alive"]])  # one per node
         inst.client.create_backend("echo:a", Echo, "a")
         inst.client.create_endpoint("echo", backend="echo:a")
         stub = echo_pb2_grpc.EchoStub(inst.channel)

@@ -25,10 +25,11 @@ def test_chunks_arrive_as_the_generator_yields_them(instance):
         indexes.append(chunk.index)
         assert isinstance(chunk, echo_pb2.EchoReply) and chunk.text == "c"
     assert indexes == [0, 1, 2, 3, 4]
-    # chunk i is produced at about 0.3 * (i + 1) s: the first must not wait for the last
-    assert arrivals[0] < arrivals[-1] - 0.8, arrivals
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
-    assert min(gaps) > 0.15, arrivals
+    # chunk i is produced at about 0.3 * (i + 1) s: the first must not wait for the last, and
+    # the chunks come spread out (one late chunk on a loaded machine may bunch with the next)
+    assert arrivals[0] < arrivals[-1] - 0.6, arrivals
+    gaps = sorted(b - a for a, b in zip(arrivals, arrivals[1:]))
+    assert gaps[1] > 0.1, arrivals
     assert_serving(instance)
 
 
