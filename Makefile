@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run run-embedding run-grpc test compat typecheck bench unit sim clean redis
+.PHONY: run run-embedding run-grpc test compat typecheck bench unit sim clean redis chromium
 
 # pip's own chatter (build-backend notices, index warnings) goes to $(PIP_LOG), and is
 # printed only when an install fails: a newcomer's first screen shows serveplane's lines.
@@ -34,6 +34,14 @@ redis:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
+# the dashboard's browser tests drive Debian's chromium with playwright (the test extra);
+# playwright's own browser download is never used
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  echo "installing chromium (Debian)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
 # RUN_ARGS: extra `serveplane run` options, e.g. RUN_ARGS='--port 8001'
 run: $(STAMP)
 	@$(PY) -m serveplane.cli run examples/quickstart.yaml $(RUN_ARGS)
@@ -61,7 +69,7 @@ run-grpc: $(GRPC_STAMP)
 
 # tests/compat (Ray Serve 1.x's own tests, ported) needs a Ray instance and ports 8000-8004
 # of its own: a second pytest process. Exit code 5 (nothing collected) counts as a pass.
-test: $(TEST_STAMP) redis typecheck
+test: $(TEST_STAMP) redis chromium typecheck
 	@$(PY) -m pytest tests -q --ignore=tests/compat; rc=$$?; [ $$rc -eq 5 ] && rc=0; \
 	  echo "Ray Serve 1.x's tests on serveplane.compat (tests/compat):"; \
 	  $(PY) -m pytest tests/compat -q; rc2=$$?; [ $$rc2 -eq 5 ] && rc2=0; \

@@ -62,6 +62,12 @@ class System:
     async def acall(self) -> Any:
         raise NotImplementedError
 
+    def begin(self) -> None:
+        """Before each of this system's measured chunks (the others' run in between)."""
+
+    def end(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -89,11 +95,13 @@ class Raw(System):
             ray.kill(actor)
 
 
-def start_replicas(backend: str, replicas: int, config: BackendConfig) -> list[ReplicaInfo]:
+def start_replicas(backend: str, replicas: int, config: BackendConfig,
+                   env: dict[str, str] | None = None) -> list[ReplicaInfo]:
     infos = []
+    extra = {"runtime_env": {"env_vars": env}} if env else {}
     for i in range(replicas):
         tag = f"{uuid.uuid4().hex[:6]}-{i}"
-        actor = ray.remote(ReplicaActor).options(num_cpus=0, max_concurrency=1000).remote(
+        actor = ray.remote(ReplicaActor).options(num_cpus=0, max_concurrency=1000, **extra).remote(
             backend, tag, cloudpickle.dumps(NoOp), cloudpickle.dumps(((), {})), config.model_dump(), "v1")
         infos.append(ReplicaInfo(backend, tag, f"serveplane:{backend}#{tag}", actor,
                                  config.max_concurrent_queries))
@@ -127,7 +135,7 @@ class ReplicaDirect(System):
 class Serveplane(System):
     name = "serveplane handle"
 
-    def __init__(self, replicas: int, use_controller: bool) -> None:
+    def __init__(self, replicas: int, use_controller: bool, env: dict[str, str] | None = None) -> None:
         self.client = None
         self.replicas: list[ReplicaInfo] = []
         if use_controller:
@@ -135,9 +143,12 @@ class Serveplane(System):
 
             ns = f"bench-{uuid.uuid4().hex[:6]}"
             self.client = serveplane.start(kv_store=f"ray://{ns}", namespace=ns)
+            options: dict[str, Any] = {"num_cpus": 0}
+            if env:
+                options["runtime_env"] = {"env_vars": env}
             self.client.create_backend("noop", NoOp, config={"num_replicas": replicas,
                                                              "max_concurrent_queries": 1000},
-                                       ray_actor_options={"num_cpus": 0})
+                                       ray_actor_options=options)
             self.client.create_endpoint("noop", backend="noop")
             self.handle = self.client.get_handle("noop")
             deadline = time.monotonic() + 60
@@ -147,7 +158,7 @@ class Serveplane(System):
                 time.sleep(0.05)
         else:
             config = BackendConfig(max_concurrent_queries=1000)
-            self.replicas = start_replicas("noop", replicas, config)
+            self.replicas = start_replicas("noop", replicas, config, env)
             source = StaticSource()
             source.set(keys.replicas("noop"), tuple(self.replicas))
             source.set(keys.backend_config("noop"), BackendInfo("noop", config))
@@ -189,6 +200,32 @@ class ServeplaneNoOutcomes(Serveplane):
         self.handle.router.stats.outcomes = _NoOutcomes()
 
 
+TRACING_ENV = {"SERVEPLANE_OTEL_SETUP": "bench_otel:setup",
+               "PYTHONPATH": str(__import__("pathlib").Path(__file__).resolve().parent)}
+
+
+class ServeplaneTraced(Serveplane):
+    """Tracing on: an SDK provider in the driver and in the replicas (``bench_otel.py``);
+    every call makes a route, a replica and a user-code span. The plain serveplane row is
+    tracing off: no provider in its replicas, ``tracing.ENABLED`` False in the driver."""
+
+    name = "serveplane handle, tracing on"
+
+    def __init__(self, replicas: int, use_controller: bool) -> None:
+        super().__init__(replicas, use_controller, TRACING_ENV)
+
+    def begin(self) -> None:
+        from serveplane import tracing
+
+        tracing.ENABLED = tracing.refresh()
+        assert tracing.ENABLED, "no tracer provider in the driver"
+
+    def end(self) -> None:
+        from serveplane import tracing
+
+        tracing.ENABLED = False
+
+
 class RayServe(System):
     name = "Ray Serve handle"
 
@@ -226,16 +263,20 @@ def pct(values: list[float], q: float) -> float:
 def latencies(systems: list[System], n: int) -> dict[str, tuple[float, float]]:
     samples: dict[str, list[float]] = {s.name: [] for s in systems}
     for system in systems:
+        system.begin()
         for _ in range(50):
             system.call()
+        system.end()
     for _ in range(max(1, n // CHUNK)):
         for system in systems:
             call = system.call
             out = samples[system.name]
+            system.begin()
             for _ in range(CHUNK):
                 t0 = time.perf_counter()
                 call()
                 out.append((time.perf_counter() - t0) * 1000)
+            system.end()
     return {name: (statistics.median(s), pct(s, 0.99)) for name, s in samples.items()}
 
 
@@ -259,7 +300,9 @@ def throughputs(systems: list[System], n: int, rounds: int) -> dict[str, float]:
     results: dict[str, list[float]] = {s.name: [] for s in systems}
     for _ in range(rounds):
         for system in systems:
+            system.begin()
             results[system.name].append(throughput(system.acall, n))
+            system.end()
     return {name: statistics.median(r) for name, r in results.items()}
 
 
@@ -272,7 +315,19 @@ def main() -> None:
                         help="serveplane via serveplane.start and client.get_handle")
     parser.add_argument("--outcomes-cost", action="store_true",
                         help="add a row with the router's outcome figures switched off")
+    parser.add_argument("--tracing-cost", action="store_true",
+                        help="add a row with OpenTelemetry tracing on (needs opentelemetry-sdk)")
     args = parser.parse_args()
+    if args.tracing_cost:
+        import sys
+
+        sys.path.insert(0, TRACING_ENV["PYTHONPATH"])
+        import bench_otel
+
+        from serveplane import tracing
+
+        bench_otel.setup()
+        tracing.ENABLED = False  # on only while the traced row runs (ServeplaneTraced.begin)
     ray.init(address="local", num_cpus=8, include_dashboard=False, logging_level="ERROR")
     try:
         from ray import serve  # noqa: F401
@@ -288,6 +343,8 @@ def main() -> None:
                                  Serveplane(replicas, args.controller)]
         if args.outcomes_cost:
             systems.append(ServeplaneNoOutcomes(replicas, args.controller))
+        if args.tracing_cost:
+            systems.append(ServeplaneTraced(replicas, args.controller))
         if have_serve:
             systems.append(RayServe(replicas))
         lat = latencies(systems, args.latency_calls)

@@ -17,16 +17,19 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = [
     ("Handle latency and throughput (raw Ray actor vs serveplane vs Ray Serve)", "handle.py",
-     ["--outcomes-cost"]),
+     ["--outcomes-cost", "--tracing-cost"]),
     ("Rollouts: guard breach to traffic restored", "rollout.py", []),
     ("HTTP proxy (serveplane vs Ray Serve, same backend, loopback load)", "http_proxy.py", []),
     ("gRPC proxy (serveplane vs Ray Serve, same no-op, loopback load)", "grpc_proxy.py", []),
     ("HTTP proxy memory under many large, slow uploads (bounded vs limits lifted)", "proxy_memory.py", []),
     ("Batching throughput", "batching.py", []),
+    ("Streaming: time to first chunk and chunks/s (raw Ray generator, serveplane, Ray Serve)",
+     "streaming.py", []),
     ("Control-plane latency (goals, recovery)", "control_plane.py", ["--repeats", "3"]),
     ("Read your writes (change calls with and without the wait for proxies)", "read_your_writes.py",
      ["--rounds", "60"]),
     ("Control-plane scale with fake replicas", "control_plane_scale.py", []),
+    ("Dashboard: events per viewer, proxy and controller CPU for N viewers", "dashboard.py", []),
     ("Long-poll fan-out", "long_poll.py", ["--clients", "200", "--rounds", "20", "--baseline"]),
     ("Embedding example (needs the torch extra)", "embedding.py", []),
 ]

@@ -128,10 +128,10 @@ class HTTPRow(Row):
     async def first_chunk(self) -> float:
         started = time.perf_counter()
         async with self.http.stream("GET", self.url, params={"n": "1"}) as r:
-            async for _ in r.aiter_raw():
-                took = time.perf_counter() - started
-                break
-            async for _ in r.aiter_raw():
+            chunks = r.aiter_raw()
+            await chunks.__anext__()
+            took = time.perf_counter() - started
+            async for _ in chunks:
                 pass
         return took
 

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from serveplane import tracing
 from serveplane.client import Client
 from pydantic import ValidationError
 
@@ -35,6 +36,7 @@ def start(detached: bool = True, http_options: HTTPOptions | Mapping[str, Any] |
     Calls ``ray.init()`` when Ray is not initialized yet. ``grpc_options`` also starts the
     gRPC proxy (``serveplane.grpc``; needs ``pip install 'serveplane[grpc]'``).
     """
+    tracing.refresh()  # OpenTelemetry may have been configured after serveplane was imported
     options = None
     if http_options is not None:
         try:
@@ -109,6 +111,7 @@ def start_proxies(options: HTTPOptions, namespace: str, detached: bool) -> tuple
 def connect(namespace: str | None = None) -> Client:
     """Attach to the running controller from any process of the cluster: by default the
     instance of the backend this code runs in, else the default namespace."""
+    tracing.refresh()
     if namespace is None:
         from serveplane.context import get_replica_context
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import contextlib
 import json
 from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 import cloudpickle
 
@@ -170,13 +171,20 @@ def _rollout_change(client: Client, ep: EndpointSpec) -> Change:
 
 
 def apply(client: Client, config: DeployConfig, base_dir: Path, dry_run: bool = False,
-          echo: Callable[[str], None] = print) -> list[Change]:
+          echo: Callable[[str], None] = print,
+          watch: Callable[[str], ContextManager[Any]] | None = None) -> list[Change]:
+    """``watch(backend)`` is open while a backend change waits for its replicas (the CLI
+    shows their start-up with it, ``serveplane/progress.py``)."""
     changes = plan(client, config, base_dir)
     changes.sort(key=lambda c: c.rank)
     if not changes:
         echo("no changes")
     for change in changes:
         echo(str(change))
-        if not dry_run:
+        if dry_run:
+            continue
+        waits = watch is not None and change.what.startswith("backend ") and change.kind in "+~"
+        with watch(change.what.removeprefix("backend ")) if watch is not None and waits \
+                else contextlib.nullcontext():
             change.run()
     return changes

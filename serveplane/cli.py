@@ -1,4 +1,4 @@
-"""``serveplane run|apply|status|traffic|shadow|rollout|shutdown|migrate-state``."""
+"""``serveplane run|apply|status|traffic|shadow|rollout|dashboard|shutdown|migrate-state``."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import sys
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from serveplane.cli_rollout import add_rollout_commands, rollout_lines
 from serveplane import cli_state
 from serveplane.exceptions import ServeplaneError
+from serveplane.progress import render_status, wants_colour
 
 DEFAULT_NAMESPACE = "serveplane"
 
@@ -61,6 +63,10 @@ def format_table(headers: list[str], rows: list[list[str]], gap: int = 2) -> lis
     return [line(headers), "-" * len(line(["-" * w for w in widths])), *(line(r) for r in rows)]
 
 
+def _rollouts(client: Any, status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {n: client.get_rollout(n) for n, e in status["endpoints"].items() if e.get("rollout")}
+
+
 def status_table(client: Any) -> str:
     status = client.get_status()
     backend_rows = []
@@ -78,8 +84,7 @@ def status_table(client: Any) -> str:
         endpoint_rows.append([name, e["route"] or "-", traffic, shadows])
     lines = format_table(["BACKEND", "RUNNING/TARGET", "STATES", ""], backend_rows)
     lines += ["", *format_table(["ENDPOINT", "ROUTE", "TRAFFIC", "SHADOWS"], endpoint_rows)]
-    rollouts = {n: client.get_rollout(n) for n, e in status["endpoints"].items() if e.get("rollout")}
-    lines += rollout_lines(status, rollouts)
+    lines += rollout_lines(status, _rollouts(client, status))
     refused = status.get("refused") or []
     if refused:
         lines += ["", f"REFUSED STATE: {len(refused)} item(s) of the store not loaded, never run "
@@ -111,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        apply(client, config, Path(args.config).resolve().parent)
+        apply(client, config, Path(args.config).resolve().parent, watch=_watcher(client))
         print()
         print(status_table(client))
         print()
@@ -124,6 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"\ntry:  curl -s '{base}{example.route}?text=what+a+great+movie'")
         for address in client.grpc_addresses:
             print(f"gRPC: {address}")
+        print(f"dashboard: {base}/-/dashboard  (serveplane dashboard prints it again)")
         print(f"\nserveplane is serving on {base} (Ctrl-C to stop)", flush=True)
         stop.wait()
     finally:
@@ -141,14 +147,24 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)  # refused before connecting: nothing applied
     client = _client(args)
-    apply(client, config, Path(args.config).resolve().parent, dry_run=args.dry_run)
+    apply(client, config, Path(args.config).resolve().parent, dry_run=args.dry_run,
+          watch=_watcher(client))
     return 0
+
+
+def _watcher(client: Any) -> Any:
+    from serveplane.progress import StartupWatcher
+
+    return StartupWatcher(client.get_status).watching
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     client = _client(args)
     if args.json:
         print(json.dumps(client.get_status(), indent=2, default=str))
+    elif wants_colour(sys.stdout):
+        status = client.get_status()
+        render_status(status, _rollouts(client, status), sys.stdout)
     else:
         print(status_table(client))
     return 0
@@ -179,6 +195,51 @@ def cmd_shadow(args: argparse.Namespace) -> int:
     client = _client(args)
     client.shadow_traffic(args.endpoint, args.backend, args.proportion)
     print(f"endpoint {args.endpoint}: shadow {args.backend}={args.proportion:g}")
+    return 0
+
+
+def dashboard_urls(namespace: str, api_key: str | None = None) -> list[str]:
+    """The dashboard's URL on every proxy of the namespace; a proxy bound to every address
+    (0.0.0.0 / ::) is named by its node's address, so the URL works from a laptop too."""
+    import ray
+
+    from serveplane.dashboard.server import PREFIX
+    from serveplane.grpc.start import PROXY_NAME_PREFIX as GRPC_PROXY_PREFIX
+    from serveplane.visibility import proxy_actors
+
+    node_ips = {n["NodeID"]: n.get("NodeManagerAddress") for n in ray.nodes() if n.get("Alive")}
+    urls = []
+    for name, actor in sorted(proxy_actors(namespace)):
+        if name.startswith(GRPC_PROXY_PREFIX):
+            continue  # a gRPC proxy serves no dashboard
+        base = ray.get(actor.ready.remote(), timeout=30)
+        host = base.split("://", 1)[1].rsplit(":", 1)[0]
+        if host in ("0.0.0.0", "::", "[::]"):
+            ip = node_ips.get(name.rpartition(":")[2])
+            base = base.replace(host, ip, 1) if ip else base
+        urls.append(f"{base}{PREFIX}" + (f"?key={quote(api_key, safe='')}" if api_key else ""))
+    return urls
+
+
+def browser_available() -> bool:
+    """A browser can be opened here: a display, or a platform that always has one."""
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("BROWSER"))
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    _client(args)  # refuses with a clear error when no controller runs
+    urls = dashboard_urls(args.namespace, args.api_key or os.environ.get("SERVEPLANE_API_KEY"))
+    if not urls:
+        raise ServeplaneError(f"namespace {args.namespace!r} runs no HTTP proxy, so no dashboard; start "
+                              "serveplane with http_options (serveplane run does)")
+    for url in urls:
+        print(f"dashboard: {url}")
+    if not args.no_browser and browser_available():
+        import webbrowser
+
+        webbrowser.open(urls[0])
     return 0
 
 
@@ -279,6 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("backend")
     sh.add_argument("proportion", type=float)
     sh.set_defaults(func=cmd_shadow)
+    db = sub.add_parser("dashboard", help="print the live dashboard's URL (and open it when a browser is at hand)")
+    db.add_argument("--api-key", default=None, help="an API key to put in the URL, when the proxy needs one "
+                    "(default $SERVEPLANE_API_KEY)")
+    db.add_argument("--no-browser", action="store_true", help="only print the URL")
+    db.set_defaults(func=cmd_dashboard)
     sd = sub.add_parser("shutdown", help="stop every replica, the proxy and the controller")
     sd.set_defaults(func=cmd_shutdown)
     add_rollout_commands(sub, _client)

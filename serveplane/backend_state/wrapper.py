@@ -103,6 +103,11 @@ class ReplicaActorWrapper:
         self._health_timeout_s = 30.0
         self._health_threshold = 3
 
+    @property
+    def health_failures(self) -> int:
+        """Health checks failed in a row (more than 0: unhealthy, not yet declared dead)."""
+        return self._health_failures
+
     def set_health_options(self, period_s: float, timeout_s: float, threshold: int) -> None:
         if self._next_health_at > 0:
             self._next_health_at += period_s - self._health_period_s

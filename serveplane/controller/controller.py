@@ -44,6 +44,7 @@ from serveplane.controller.persistence import (
     Persistence,
     thread_runner,
 )
+from serveplane.controller.dashboard_rpcs import DashboardPublisher
 from serveplane.controller.metrics_rpcs import MetricsRPCs
 from serveplane.controller.reconciler import Reconciler, StepReport
 from serveplane.controller.rollout_rpcs import RolloutRPCs
@@ -91,7 +92,7 @@ def _check_json(tag: str, user_config: Any) -> None:
             "use dicts, lists, strings and numbers") from None
 
 
-class ServeController(RolloutRPCs, MetricsRPCs):
+class ServeController(RolloutRPCs, MetricsRPCs, DashboardPublisher):
     """Run as a named, detached async Ray actor (see ``serveplane.api.start``).
 
     ``state_key`` authenticates everything it reads from and writes to the store (the driver
@@ -157,6 +158,7 @@ class ServeController(RolloutRPCs, MetricsRPCs):
         self.recovery_s = time.perf_counter() - started
         self._loop_task: asyncio.Task | None = None
         self._shutting_down = False
+        self._init_dashboard()
         self._run_loop = run_loop
         try:
             self._ensure_loop()
@@ -263,6 +265,7 @@ class ServeController(RolloutRPCs, MetricsRPCs):
             loop = asyncio.get_running_loop()
             self._loop_task = loop.create_task(self._run_control_loop(), name="serveplane-control-loop")
             self._loop_task.add_done_callback(self._loop_done)
+        self._ensure_dashboard_loop()
 
     def _loop_done(self, task: asyncio.Task) -> None:
         if task.cancelled() or self._shutting_down:

@@ -37,7 +37,9 @@ import os
 import uuid
 from typing import Any
 
+from serveplane import tracing
 from serveplane.config import HTTPOptions
+from serveplane.dashboard.server import PREFIX as DASHBOARD, api_key_from_query, serve_dashboard
 from serveplane.exceptions import (
     BackPressureError,
     MethodNotExposedError,
@@ -128,7 +130,9 @@ class ProxyApp:
 
         if request.url.path == "/-/healthz":
             return PlainTextResponse("ok")
-        caller = self.keys.match(bearer_token(request.headers.get("authorization"))) if self.keys.enabled else None
+        caller = self.keys.match(bearer_token(request.headers.get("authorization"))
+                                 or api_key_from_query(request.url.path, request.query_params)) \
+            if self.keys.enabled else None
         if self.keys.enabled and caller is None:
             return _json(401, "missing or invalid API key; send the header Authorization: Bearer <key>",
                          {"WWW-Authenticate": "Bearer"})
@@ -144,6 +148,8 @@ class ProxyApp:
                               f"retry after {RETRY_AFTER_S}s", _RETRY)
         reserved = [0]
         try:
+            if tracing.ENABLED:
+                return await tracing.traced_http(request, self._routed(request, reserved))
             return await self._routed(request, reserved)
         except _BodyRefused as refused:
             return refused.response
@@ -162,6 +168,8 @@ class ProxyApp:
                                  for r, (e, m) in self.routes_ref["routes"].items()})
         if path == "/-/metrics":
             return await _metrics(self.namespace)
+        if path == DASHBOARD or path.startswith(DASHBOARD + "/"):
+            return await serve_dashboard(request, self.namespace)
         target = match_route(self.routes_ref["routes"], path)
         if target is None:
             return _json(404, f"no endpoint serves path {path[:200]!r}; GET /-/routes lists them")
@@ -427,8 +435,9 @@ class Streamed:
                 await send({"type": "http.response.body", "body": _encode(self.first, self.sse),
                             "more_body": True})
             self.first = None
-            async for chunk in self.stream:
-                await send({"type": "http.response.body", "body": _encode(chunk, self.sse), "more_body": True})
+            async for chunks in self.stream.batches():  # chunks that came together: one write
+                body = b"".join(_encode(chunk, self.sse) for chunk in chunks)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
             done = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
@@ -465,6 +474,7 @@ class HTTPProxyActor:
     """Run with ``ray.remote``; serves until killed."""
 
     def __init__(self, options: dict[str, Any], namespace: str) -> None:
+        tracing.setup_process()
         self._options = HTTPOptions.model_validate(options)
         self._namespace = namespace
         self._routes: dict[str, Any] = {"routes": {}}

@@ -29,7 +29,7 @@ import asyncio
 import random
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from serveplane.exceptions import InvalidConfigError
 
@@ -121,12 +121,17 @@ class LongPollHost:
         self._listeners = 0
         self._answered_at_once = 0
         self._timeouts = 0
+        # called with the key after each notify_changed / delete_key (the controller's
+        # dashboard publisher follows every change with it)
+        self.on_notify: Callable[[str], None] | None = None
 
     # -- publishing -----------------------------------------------------------------
     def notify_changed(self, key: str, value: Any) -> None:
         """Publish ``value`` under a new snapshot id and wake the listeners of ``key`` only."""
         self._entries[key] = _Entry(UpdatedObject(self._next_id(), value))
         self._wake(key)
+        if self.on_notify is not None:
+            self.on_notify(key)
 
     def delete_key(self, key: str) -> None:
         """Forget ``key``: listeners that saw it get ``None``; new listeners wait for it again."""
@@ -134,6 +139,8 @@ class LongPollHost:
             return
         self._entries[key] = _Entry(UpdatedObject(self._next_id(), None), deleted=True)
         self._wake(key)
+        if self.on_notify is not None:
+            self.on_notify(key)
 
     def snapshot_ids(self, keys: list[str] | tuple[str, ...]) -> dict[str, str]:
         """The current snapshot id of each listed key the host has published (deleted too)."""
@@ -183,6 +190,10 @@ class LongPollHost:
     # -- introspection ----------------------------------------------------------------
     def num_listeners(self) -> int:
         return self._listeners
+
+    def has_listeners(self, key: str) -> bool:
+        """Whether a listener is waiting on ``key`` now."""
+        return bool(self._waiters.get(key))
 
     def statistics(self) -> dict[str, Any]:
         return {"instance": self.instance_id, "keys": len(self.keys()), "listeners": self._listeners,

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import cloudpickle
 
+from serveplane import tracing
 from serveplane.config import BackendConfig
 from serveplane.context import (
     ReplicaContext,
@@ -47,6 +48,7 @@ from serveplane.replica.metrics import ReplicaMetrics
 from serveplane.router.loop import Deadline
 from serveplane.replica.streaming import (
     Handoffs,
+    coalesce,
     StreamHandoff,
     Whole,
     is_streaming_response,
@@ -67,6 +69,7 @@ class ReplicaActor:
     def __init__(self, backend: str, replica_tag: str, code_blob: bytes, init_blob: bytes,
                  config: dict[str, Any], version: str, config_version: str | None = None,
                  namespace: str | None = None) -> None:
+        tracing.setup_process()
         self._backend = backend
         # before user code runs: serveplane.connect() in a backend attaches to its own instance
         set_replica_context(ReplicaContext(backend, replica_tag, namespace))
@@ -202,9 +205,10 @@ class ReplicaActor:
         return method
 
     async def _call(self, method: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-        if _is_async(method):
-            return await method(*args, **kwargs)
-        return await self._run_sync(functools.partial(method, *args, **kwargs))
+        with tracing.user_code_span(method) if tracing.ENABLED else tracing.NO_SPAN:
+            if _is_async(method):
+                return await method(*args, **kwargs)
+            return await self._run_sync(functools.partial(method, *args, **kwargs))
 
     def _run_sync(self, fn: Callable[[], Any]) -> Any:
         """``fn`` on the worker pool, with the request's contextvars. Cancelling the await
@@ -249,6 +253,7 @@ class ReplicaActor:
         token_ctx = current_context.set(context)
         token_req = current_request.set(meta)
         token_sess = current_session_id.set(meta.session_id)
+        span = tracing.start_replica(meta, self._backend, self._replica_tag) if tracing.ENABLED else None
         ok = False
         try:
             method = self._resolve(meta.method_name, meta.http)
@@ -274,6 +279,8 @@ class ReplicaActor:
             context.cancel_children()
             raise
         finally:
+            if span is not None:
+                span.end(ok)
             current_session_id.reset(token_sess)
             current_request.reset(token_req)
             current_context.reset(token_ctx)
@@ -308,13 +315,13 @@ class ReplicaActor:
             with _deadline_scope(meta):
                 if self._streams(meta.method_name, method):
                     # calling a generator function runs none of its code: no worker needed
-                    async for chunk in iterate(method(*args, **kwargs), self._run_sync):
+                    async for chunk in coalesce(iterate(method(*args, **kwargs), self._run_sync)):
                         yield chunk
                 else:
                     result = await self._call(method, args, kwargs)
                     if is_streaming_response(result):
                         yield stream_start(result)
-                        async for chunk in result.body_iterator:
+                        async for chunk in coalesce(result.body_iterator):
                             yield chunk
                     else:
                         yield Whole(result)
@@ -334,7 +341,7 @@ class ReplicaActor:
         """The body of a ``StreamHandoff`` this replica answered (streaming call)."""
         body = self._handoffs.take(stream_id)
         try:
-            async for chunk in body:
+            async for chunk in coalesce(body):
                 yield chunk
         except asyncio.CancelledError:
             self._cancelled += 1

@@ -17,6 +17,7 @@ import inspect
 import logging
 from typing import Any, Awaitable, Callable
 
+from serveplane import tracing
 from serveplane.exceptions import BatchSizeMismatchError, InvalidConfigError
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class Batcher:
         self._queue: asyncio.Queue[tuple[Any, asyncio.Future]] | None = None
         self._task: asyncio.Task | None = None
         self.batch_sizes: list[int] = []  # observed, for tests and metrics
+        self._traces: dict[int, Any] = {}  # id(caller's future) -> its tracing context
 
     def _ensure_started(self) -> asyncio.Queue:
         loop = asyncio.get_running_loop()
@@ -71,8 +73,14 @@ class Batcher:
     async def submit(self, item: Any) -> Any:
         queue = self._ensure_started()
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        await queue.put((item, fut))
-        return await fut
+        if tracing.ENABLED:
+            self._traces[id(fut)] = tracing.capture()
+        try:
+            await queue.put((item, fut))
+            return await fut
+        finally:
+            if tracing.ENABLED:
+                self._traces.pop(id(fut), None)
 
     async def _collect(self, queue: asyncio.Queue) -> list[tuple[Any, asyncio.Future]]:
         batch = [await queue.get()]
@@ -99,8 +107,10 @@ class Batcher:
                 continue
             self.batch_sizes.append(len(batch))
             items = [item for item, _ in batch]
+            traced = [self._traces.get(id(fut)) for _, fut in batch] if tracing.ENABLED else ()
             try:
-                results = check_batch_result(self.name, await self._fn(items), len(items))
+                with tracing.batch_span(self.name, traced) if tracing.ENABLED else tracing.NO_SPAN:
+                    results = check_batch_result(self.name, await self._fn(items), len(items))
             except Exception as exc:  # noqa: BLE001 - every caller of this batch gets it
                 for _, fut in batch:
                     if not fut.done():

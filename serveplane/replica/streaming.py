@@ -8,7 +8,11 @@ chunks, except:
 - ``StreamStart`` first, when the method returned a starlette ``StreamingResponse``: its
   status, headers and media type; its body's chunks follow;
 - ``Whole`` alone, when the method returned an ordinary value (a stream asked of a
-  method that does not stream: the caller gets that value as the stream's one chunk).
+  method that does not stream: the caller gets that value as the stream's one chunk);
+- ``Chunks``: several chunks in one object. A chunk leaves as soon as it is produced, but
+  chunks produced while the previous object was on its way travel together
+  (``coalesce``), so a fast generator pays Ray's per-object cost once per batch, not per
+  chunk; a slow one still sends every chunk at once.
 
 A starlette ``StreamingResponse`` returned to an ordinary (non-stream) call from the HTTP
 proxy cannot cross Ray (its body is an async generator): the replica keeps the body and
@@ -25,8 +29,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
-# Unread chunks a producer may run ahead of its consumer (Ray's generator back-pressure).
-STREAM_BUFFER = 16
+# Unread objects a producer may run ahead of its consumer (Ray's generator back-pressure).
+STREAM_BUFFER = 4
+# One object carries at most this many chunks, and at most about this many bytes of them;
+# at most COALESCE_MAX chunks wait in the replica for the next object. A stream whose reader
+# stops holds at most (STREAM_BUFFER + 1) objects and COALESCE_MAX chunks in flight.
+COALESCE_MAX = 256
+COALESCE_BYTES = 64 * 1024
 # A handed-off body nobody pulls is dropped after this long.
 HANDOFF_TTL_S = 60.0
 
@@ -47,6 +56,72 @@ class Whole:
 class StreamHandoff:
     stream_id: str
     start: StreamStart
+
+
+@dataclass(frozen=True)
+class Chunks:
+    items: list
+
+
+class _Raised:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()
+
+
+async def coalesce(chunks: AsyncIterator[Any], limit: int = COALESCE_MAX) -> AsyncIterator[Any]:
+    """The chunks of ``chunks``, each one as soon as it is ready, except that the chunks
+    ready by the time the previous one was taken go together as one ``Chunks``.
+
+    The producer runs in a task of its own (with this request's context) and at most
+    ``limit`` chunks ahead; closing or cancelling this generator cancels it, so user code
+    gets ``CancelledError`` where it waits."""
+    queue: asyncio.Queue = asyncio.Queue(maxsize=limit)
+
+    async def produce() -> None:
+        try:
+            async for chunk in chunks:
+                await queue.put(chunk)
+            await queue.put(_END)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - raised to the consumer in order
+            await queue.put(_Raised(exc))
+
+    producer = asyncio.ensure_future(produce())
+    try:
+        while True:
+            batch = [await queue.get()]
+            size = _size(batch[0])
+            while len(batch) < limit and size < COALESCE_BYTES and not queue.empty():
+                batch.append(queue.get_nowait())
+                size += _size(batch[-1])
+            last = batch[-1]
+            ended = last is _END or isinstance(last, _Raised)
+            ready = batch[:-1] if ended else batch
+            if len(ready) == 1:
+                yield ready[0]
+            elif ready:
+                yield Chunks(ready)
+            if isinstance(last, _Raised):
+                raise last.error
+            if ended:
+                return
+    finally:
+        if not producer.done():
+            producer.cancel()
+            try:
+                await producer
+            except BaseException:  # noqa: BLE001 - its CancelledError, or what cleanup raised
+                pass
+
+
+def _size(chunk: Any) -> int:
+    return len(chunk) if isinstance(chunk, (str, bytes, bytearray)) else 64
 
 
 def is_streaming_response(result: Any) -> bool:

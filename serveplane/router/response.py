@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray.exceptions import GetTimeoutError
 
+from serveplane import tracing
 from serveplane.exceptions import RequestCancelledError, RequestTimeoutError
 from serveplane.router import loop as loops
 from serveplane.router.state import RequestState
@@ -44,7 +45,7 @@ class Response:
                  "http", "timeout_s", "request_id", "backend", "replica", "ref", "attempts", "queued_under",
                  "shadows", "batch_index", "batch", "waiting", "state", "failure", "previous_ref",
                  "previous_replica", "producers", "released", "watched", "started", "http_method",
-                 "http_headers", "deadline", "wall_deadline", "queue_deadline", "stream", "chunks",
+                 "http_headers", "trace", "deadline", "wall_deadline", "queue_deadline", "stream", "chunks",
                  "__weakref__")
 
     def __init__(self, router: EndpointRouter, args: tuple, kwargs: dict, method_name: str,
@@ -75,6 +76,7 @@ class Response:
         self.queue_deadline = self.deadline if self.deadline is not None else now + QUEUE_TIMEOUT_S
         self.stream = stream
         self.chunks = 0                  # chunks a stream delivered
+        self.trace = tracing.capture() if tracing.ENABLED else None  # where the call was made
         self.backend: str | None = None
         self.replica: ReplicaInfo | None = None
         self.ref: Any = None            # the current attempt's ref; None while (re-)routing

@@ -48,6 +48,7 @@ import uuid
 import weakref
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from serveplane import tracing
 from serveplane.config import BackendConfig
 from serveplane.exceptions import (
     BackPressureError,
@@ -542,6 +543,8 @@ class EndpointRouter:
                                request.session_id, request.shard_key, http=request.http,
                                http_method=request.http_method, http_headers=request.http_headers,
                                deadline=request.wall_deadline)
+        if tracing.ENABLED:
+            meta = tracing.route_span(request, self.endpoint, replica, meta)
         if request.deps:
             args, kwargs = request.resolved_args()
             request.producers = request.argument_producers()

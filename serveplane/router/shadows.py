@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Any
 
+from serveplane import tracing
 from serveplane.records import ReplicaInfo, RequestMetadata
 from serveplane.router.stats import ShadowOutcome
 
@@ -36,6 +37,8 @@ def fire_shadows(router: EndpointRouter, request: Response, shadows: dict[str, f
         meta = RequestMetadata(request.request_id, router.endpoint, request.method_name,
                                request.session_id, request.shard_key, is_shadow=True,
                                http=request.http)
+        if tracing.ENABLED:
+            meta = tracing.shadow_span(meta, request.trace, backend, replica)
         try:
             ref = router.transport.send(replica, meta, args, kwargs)
         except Exception as exc:  # noqa: BLE001 - a shadow never fails its primary

@@ -15,36 +15,53 @@ A replica that dies before the first chunk: the stream is retried like any reque
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from typing import Any, AsyncIterator, Iterator
 
 from ray.exceptions import GetTimeoutError
 
-from serveplane.replica.streaming import StreamHandoff, StreamStart, Whole
+from serveplane.replica.streaming import Chunks, StreamHandoff, StreamStart, Whole
 from serveplane.router import loop as loops
 from serveplane.router.response import Response
 from serveplane.router.state import RequestState
-
-_END = object()
 
 
 class ResponseStream(Response):
     """Iterate it (``async for`` or ``for``); ``start`` holds the status and headers when
     the backend returned a starlette ``StreamingResponse``."""
 
-    __slots__ = ("start", "whole")
+    __slots__ = ("start", "whole", "_pending")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["stream"] = True
         super().__init__(*args, **kwargs)
         self.start: StreamStart | None = None
         self.whole = False  # the method returned one value (its only chunk), not a stream
+        self._pending: collections.deque = collections.deque()  # chunks that came together
 
     # -- async ------------------------------------------------------------------------------
     def __aiter__(self) -> AsyncIterator[Any]:
         return self
 
     async def __anext__(self) -> Any:
+        if not self._pending:
+            self._pending.extend(await self.next_batch())
+        return self._pending.popleft()
+
+    async def batches(self) -> AsyncIterator[list]:
+        """The chunks in the groups they travelled in (the HTTP proxy writes each group at once)."""
+        if self._pending:
+            pending, self._pending = list(self._pending), collections.deque()
+            yield pending
+        while True:
+            try:
+                yield await self.next_batch()
+            except StopAsyncIteration:
+                return
+
+    async def next_batch(self) -> list:
+        """The next chunks that arrived together (at least one); ``StopAsyncIteration`` at the end."""
         router = self.router
         while True:
             if self.state is RequestState.DONE:
@@ -70,15 +87,17 @@ class ResponseStream(Response):
             except Exception as exc:  # noqa: BLE001 - classified by the router
                 self._fail(exc, gen)
                 continue
-            item = self._item(chunk)
-            if item is not _END:
-                return item
+            items = self._items(chunk)
+            if items:
+                return items
 
     # -- sync -------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Any]:
         return self
 
     def __next__(self) -> Any:
+        if self._pending:
+            return self._pending.popleft()
         router = self.router
         while True:
             if self.state is RequestState.DONE:
@@ -100,9 +119,10 @@ class ResponseStream(Response):
             except Exception as exc:  # noqa: BLE001 - classified by the router
                 self._fail(exc, gen)
                 continue
-            item = self._item(chunk)
-            if item is not _END:
-                return item
+            items = self._items(chunk)
+            if items:
+                self._pending.extend(items[1:])
+                return items[0]
 
     # -- shared -----------------------------------------------------------------------------
     def _fail(self, exc: Exception, gen: Any) -> None:
@@ -116,17 +136,18 @@ class ResponseStream(Response):
             raise exc
         raise error from exc
 
-    def _item(self, chunk: Any) -> Any:
+    def _items(self, chunk: Any) -> list:
         self.chunks += 1
         if self.chunks == 1:
             self.router.streaming(self)
+        if isinstance(chunk, Chunks):
+            return chunk.items
         if isinstance(chunk, StreamStart):
             self.start = chunk
-            return _END
+            return []
         if isinstance(chunk, Whole):  # the method returned one value, not a stream
             self.whole = True
-            return chunk.value
-        return chunk
+        return [chunk.value] if isinstance(chunk, Whole) else [chunk]
 
     def result(self, timeout: float | None = None) -> Any:
         raise TypeError("a ResponseStream has no single result: iterate it (for / async for)")
@@ -150,16 +171,33 @@ class HandoffStream:
         if replica is None:
             raise RuntimeError(f"{response!r} has no replica to pull its stream from")
         self._gen = self._router.transport.pull_stream(replica, handoff.stream_id)
+        self._pending: collections.deque = collections.deque()
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self
 
     async def __anext__(self) -> Any:
+        if not self._pending:
+            self._pending.extend(await self.next_batch())
+        return self._pending.popleft()
+
+    async def batches(self) -> AsyncIterator[list]:
+        if self._pending:
+            pending, self._pending = list(self._pending), collections.deque()
+            yield pending
+        while True:
+            try:
+                yield await self.next_batch()
+            except StopAsyncIteration:
+                return
+
+    async def next_batch(self) -> list:
         try:
-            return await self._router.transport.next_chunk(self._gen)
+            chunk = await self._router.transport.next_chunk(self._gen)
         except asyncio.CancelledError:
             self.cancel()
             raise
+        return chunk.items if isinstance(chunk, Chunks) else [chunk]
 
     def cancel(self) -> None:
         self._router.transport.cancel(self._gen)

@@ -95,8 +95,15 @@ class RayTransport:
 
     @staticmethod
     def send_stream(replica: ReplicaInfo, meta: RequestMetadata, args: tuple, kwargs: dict) -> Any:
-        method = replica.actor_handle.handle_stream.options(
-            num_returns="streaming", _generator_backpressure_num_objects=STREAM_BUFFER)
+        # .options() costs tens of microseconds: once per actor. The cached method holds the
+        # handle, so the handle's id is not reused while it is a key.
+        key = (replica.actor_name, id(replica.actor_handle))
+        method = _stream_methods.get(key)
+        if method is None:
+            if len(_stream_methods) > 10_000:
+                _stream_methods.clear()
+            method = _stream_methods[key] = replica.actor_handle.handle_stream.options(
+                num_returns="streaming", _generator_backpressure_num_objects=STREAM_BUFFER)
         return method.remote(wire_metadata(meta), *args, **kwargs)
 
     @staticmethod
@@ -177,5 +184,7 @@ def _actor_id(replica: ReplicaInfo) -> str | None:
     except AttributeError:
         return None
 
+
+_stream_methods: dict[tuple[str, int], Any] = {}  # an actor's handle_stream with stream options
 
 RAY_TRANSPORT = RayTransport()

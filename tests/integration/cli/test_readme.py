@@ -158,6 +158,10 @@ def test_quickstart_commands_as_the_readme_says(tmp_path):
             elif command.endswith("status"):
                 assert re.search(r"sentiment\s+/sentiment\s+sentiment:v1=0.9 sentiment:v2=0.1\s+"
                                  r"sentiment:v2=0.2", done.stdout), done.stdout
+            elif command.endswith("serveplane dashboard"):
+                assert f"dashboard: http://127.0.0.1:{port}/-/dashboard" in done.stdout, done.stdout
+                page = httpx.get(f"http://127.0.0.1:{port}/-/dashboard", timeout=30)
+                assert page.status_code == 200 and "dashboard.js" in page.text
             elif "migrate-state" in command:
                 assert "nothing to migrate" in done.stdout, done.stdout  # the quickstart's state is current
             elif command.endswith("--dry-run"):
