@@ -51,10 +51,10 @@ endpoints:
 def test_serveplane_run_serves_grpc_from_the_yaml(ray_session, tmp_path):
     address = ray.get_runtime_context().gcs_address
     ns = f"cli-{uuid.uuid4().hex[:6]}"
-    grpc_port = free_port()
+    grpc_port, http_port = free_port(), free_port()
     (tmp_path / "grpc_cli_model.py").write_text(MODEL)
     config = tmp_path / "grpc.yaml"
-    config.write_text(CONFIG.format(http_port=free_port(), grpc_port=grpc_port, servicers=SERVICERS))
+    config.write_text(CONFIG.format(http_port=http_port, grpc_port=grpc_port, servicers=SERVICERS))
     proc = subprocess.Popen([sys.executable, "-m", "serveplane.cli", "--address", address, "--namespace", ns,
                              "run", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=str(ROOT))
@@ -71,6 +71,10 @@ def test_serveplane_run_serves_grpc_from_the_yaml(ray_session, tmp_path):
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             reply = echo_pb2_grpc.EchoStub(channel).Say(echo_pb2.EchoRequest(text="from yaml"), timeout=30)
         assert (reply.text, reply.backend) == ("from yaml", "yaml")
+        from serveplane.cli import dashboard_urls
+
+        # the gRPC proxy is a proxy of the namespace too, but serves no dashboard
+        assert dashboard_urls(ns) == [f"http://127.0.0.1:{http_port}/-/dashboard"]
     finally:
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=120)
