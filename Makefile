@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run run-embedding test compat typecheck bench unit sim clean redis chromium
+.PHONY: run run-embedding run-grpc test compat typecheck bench unit sim clean redis chromium
 
 # pip's own chatter (build-backend notices, index warnings) goes to $(PIP_LOG), and is
 # printed only when an install fails: a newcomer's first screen shows serveplane's lines.
@@ -55,6 +55,17 @@ $(TORCH_STAMP): $(STAMP)
 
 run-embedding: $(TORCH_STAMP)
 	@$(PY) -m serveplane.cli run examples/embedding/embedding.yaml $(RUN_ARGS)
+
+GRPC_STAMP := $(VENV)/.installed-grpc
+
+$(GRPC_STAMP): $(STAMP)
+	@echo "installing the grpc extra (grpcio, health checking, reflection)"
+	@$(PIP_INSTALL) -e '.[grpc]' $(QUIET)
+	@touch $@
+
+# the gRPC example: HTTP on :8000, gRPC on :9000 (examples/grpc/client.py calls it)
+run-grpc: $(GRPC_STAMP)
+	@$(PY) -m serveplane.cli run examples/grpc/grpc.yaml $(RUN_ARGS)
 
 # tests/compat (Ray Serve 1.x's own tests, ported) needs a Ray instance and ports 8000-8004
 # of its own: a second pytest process. Exit code 5 (nothing collected) counts as a pass.

@@ -20,6 +20,7 @@ BENCHMARKS = [
      ["--outcomes-cost", "--tracing-cost"]),
     ("Rollouts: guard breach to traffic restored", "rollout.py", []),
     ("HTTP proxy (serveplane vs Ray Serve, same backend, loopback load)", "http_proxy.py", []),
+    ("gRPC proxy (serveplane vs Ray Serve, same no-op, loopback load)", "grpc_proxy.py", []),
     ("HTTP proxy memory under many large, slow uploads (bounded vs limits lifted)", "proxy_memory.py", []),
     ("Batching throughput", "batching.py", []),
     ("Streaming: time to first chunk and chunks/s (raw Ray generator, serveplane, Ray Serve)",

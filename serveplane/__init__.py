@@ -17,6 +17,9 @@ Public API::
         @serveplane.http_method               # callable over HTTP with X-SERVE-CALL-METHOD
         def predict(self, request): ...
 
+``serveplane.start(grpc_options={"port": 9000, "servicer_functions": [...]})`` also serves
+gRPC (``GRPCOptions``; ``pip install 'serveplane[grpc]'``).
+
 Every change call returns once every HTTP proxy and this process's routers serve it (read
 your writes). Ray Serve 1.x code runs with its import line changed:
 ``from serveplane.compat import serve`` (see ``serveplane.compat``).
@@ -29,7 +32,7 @@ from typing import Any
 from serveplane.context import RequestContext, get_request_context
 from serveplane.exposure import http_method
 from serveplane.replica.batching import accept_batch, batch
-from serveplane.config import AutoscalingConfig, BackendConfig, HTTPOptions
+from serveplane.config import AutoscalingConfig, BackendConfig, GRPCOptions, HTTPOptions
 from serveplane.exceptions import (
     BackPressureError,
     BatchSizeMismatchError,
@@ -55,7 +58,7 @@ from serveplane.exceptions import (
 
 __all__ = [
     "AutoscalingConfig", "BackPressureError", "BackendConfig", "BatchSizeMismatchError", "Client",
-    "ControllerUnavailableError", "CorruptCheckpointError", "DuplicateError", "HTTPOptions",
+    "ControllerUnavailableError", "CorruptCheckpointError", "DuplicateError", "GRPCOptions", "HTTPOptions",
     "InUseError", "InvalidConfigError", "InvalidInputError", "KVStoreUnavailableError",
     "MethodNotExposedError", "NotFoundError", "ReplicaDiedError", "ReplicaError", "ReplicaStartupError",
     "RequestCancelledError", "RequestContext", "RequestTimeoutError", "ServeplaneError",

@@ -13,7 +13,7 @@ from serveplane import tracing
 from serveplane.client import Client
 from pydantic import ValidationError
 
-from serveplane.config import HTTPOptions, explain_validation_error
+from serveplane.config import GRPCOptions, HTTPOptions, explain_validation_error
 from serveplane.controller.controller import ServeController
 from serveplane.exceptions import ControllerUnavailableError, InvalidConfigError
 from serveplane.records import CONTROLLER_NAME, DEFAULT_NAMESPACE
@@ -26,13 +26,15 @@ DEFAULT_KV_STORE = "ray://serveplane"
 
 def start(detached: bool = True, http_options: HTTPOptions | Mapping[str, Any] | None = None,
           kv_store: str = DEFAULT_KV_STORE, namespace: str = DEFAULT_NAMESPACE,
-          state_key_file: str | os.PathLike[str] | None = None) -> Client:
+          state_key_file: str | os.PathLike[str] | None = None,
+          grpc_options: GRPCOptions | Mapping[str, Any] | None = None) -> Client:
     """Start the controller (or attach to the running one) and return a ``Client``.
 
     A new controller gets the state key that authenticates its store: ``$SERVEPLANE_STATE_KEY``,
     else ``state_key_file``, else the default key file (created 0600 on first start; see
     ``serveplane.state_key``). Attaching to a running controller needs no key.
-    Calls ``ray.init()`` when Ray is not initialized yet.
+    Calls ``ray.init()`` when Ray is not initialized yet. ``grpc_options`` also starts the
+    gRPC proxy (``serveplane.grpc``; needs ``pip install 'serveplane[grpc]'``).
     """
     tracing.refresh()  # OpenTelemetry may have been configured after serveplane was imported
     options = None
@@ -42,6 +44,17 @@ def start(detached: bool = True, http_options: HTTPOptions | Mapping[str, Any] |
                 dict(http_options) if isinstance(http_options, Mapping) else http_options.model_dump())
         except ValidationError as exc:
             raise InvalidConfigError(f"invalid http_options: {explain_validation_error(exc)}") from None
+    grpc = None
+    if grpc_options is not None:
+        try:
+            grpc = GRPCOptions.model_validate(
+                dict(grpc_options) if isinstance(grpc_options, Mapping) else grpc_options.model_dump())
+        except ValidationError as exc:
+            raise InvalidConfigError(f"invalid grpc_options: {explain_validation_error(exc)}") from None
+        if grpc.location != "NoServer":
+            from serveplane.grpc import require_grpc
+
+            require_grpc()  # before anything starts
     if not isinstance(kv_store, str):
         raise InvalidConfigError(
             f"kv_store is a {type(kv_store).__name__}; give a URL such as 'ray://serveplane'")
@@ -65,6 +78,11 @@ def start(detached: bool = True, http_options: HTTPOptions | Mapping[str, Any] |
     if options is not None and options.location != "NoServer":
         # keep the handles: a non-detached actor dies with its owner's last reference
         client.http_urls, client._proxies = start_proxies(options, namespace, detached)
+    if grpc is not None and grpc.location != "NoServer":
+        from serveplane.grpc.start import start_grpc_proxies
+
+        client.grpc_addresses, grpc_proxies = start_grpc_proxies(grpc, namespace, detached)
+        client._proxies = [*client._proxies, *grpc_proxies]
     return client
 
 

@@ -111,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None})
     client = serveplane.start(kv_store=config.kv_store or f"ray://{namespace}", namespace=namespace,
                               http_options=http, detached=args.address is not None,
-                              state_key_file=args.state_key_file)
+                              state_key_file=args.state_key_file, grpc_options=config.grpc)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -127,6 +127,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         example = config.endpoints[0] if config.endpoints else None
         if example is not None and example.route:
             print(f"\ntry:  curl -s '{base}{example.route}?text=what+a+great+movie'")
+        for address in client.grpc_addresses:
+            print(f"gRPC: {address}")
         print(f"dashboard: {base}/-/dashboard  (serveplane dashboard prints it again)")
         print(f"\nserveplane is serving on {base} (Ctrl-C to stop)", flush=True)
         stop.wait()
@@ -202,11 +204,14 @@ def dashboard_urls(namespace: str, api_key: str | None = None) -> list[str]:
     import ray
 
     from serveplane.dashboard.server import PREFIX
+    from serveplane.grpc.start import PROXY_NAME_PREFIX as GRPC_PROXY_PREFIX
     from serveplane.visibility import proxy_actors
 
     node_ips = {n["NodeID"]: n.get("NodeManagerAddress") for n in ray.nodes() if n.get("Alive")}
     urls = []
     for name, actor in sorted(proxy_actors(namespace)):
+        if name.startswith(GRPC_PROXY_PREFIX):
+            continue  # a gRPC proxy serves no dashboard
         base = ray.get(actor.ready.remote(), timeout=30)
         host = base.split("://", 1)[1].rsplit(":", 1)[0]
         if host in ("0.0.0.0", "::", "[::]"):

@@ -42,6 +42,22 @@ _RETRYABLE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError
               ray.exceptions.GetTimeoutError)
 
 
+def method_names(func_or_class: Any) -> list[str]:
+    """The public methods a backend's code defines (``__call__`` included): recorded with the
+    backend, so that the gRPC proxy can find the endpoint that serves an RPC method."""
+    if not inspect.isclass(func_or_class):
+        return ["__call__"]
+    return sorted(name for name in dir(func_or_class)
+                  if (name == "__call__" or not name.startswith("_"))
+                  and name not in ("reconfigure", "check_health")
+                  and callable(getattr(func_or_class, name, None))
+                  and (name != "__call__" or "__call__" in _defined(func_or_class)))
+
+
+def _defined(cls: type) -> set[str]:
+    return {name for klass in cls.__mro__ if klass is not object for name in vars(klass)}
+
+
 def _accepts_batches(func_or_class: Any) -> bool:
     target = func_or_class.__call__ if inspect.isclass(func_or_class) else func_or_class
     return bool(getattr(target, "_serveplane_accept_batch", False))
@@ -54,6 +70,7 @@ class Client:
         self._detached = detached
         self._shutdown = False
         self.http_urls: list[str] = []
+        self.grpc_addresses: list[str] = []   # host:port of each gRPC proxy started
         self._proxies: list[Any] = []
         self.read_your_writes = True
         self.confirm_timeout_s = DEFAULT_CONFIRM_TIMEOUT_S
@@ -147,7 +164,7 @@ class Client:
         goal = self._call("create_backend", backend_tag, code,
                           cloudpickle.dumps((actor_init_args, actor_init_kwargs)), options,
                           cfg.model_dump(mode="json", exclude_unset=True),
-                          _accepts_batches(func_or_class), code_version)
+                          _accepts_batches(func_or_class), code_version, method_names(func_or_class))
         self._wait(goal, blocking, timeout_s)
         self._confirm_backend(backend_tag, blocking)
         return goal
@@ -172,7 +189,7 @@ class Client:
         update = parse_backend_config(config).model_dump(mode="json", exclude_unset=True) if config else None
         batches = _accepts_batches(func_or_class) if func_or_class is not None else None
         goal = self._call("update_backend", backend_tag, code, init, options, update, batches,
-                          code_version)
+                          code_version, method_names(func_or_class) if func_or_class is not None else None)
         self._wait(goal, blocking, timeout_s)
         self._confirm_backend(backend_tag, blocking)
         return goal

@@ -193,6 +193,65 @@ class HTTPOptions(_Model):
         return max(1, math.ceil(self.rate_limit_rps or 1))
 
 
+class GRPCOptions(_Model):
+    """The gRPC proxy (``serveplane/grpc/``): where it listens, which services it serves, and
+    the same security and bounds as ``HTTPOptions``.
+
+    ``servicer_functions`` are import paths of the ``add_<Service>Servicer_to_server``
+    functions that ``grpcio-tools`` generates (``"mypkg.predict_pb2_grpc.add_PredictorServicer_to_server"``,
+    or ``module:attribute``); they, and the message modules they import, must be importable
+    by the proxy and by the replicas (an installed package, or the job's working directory).
+    With ``api_keys``/``api_keys_file`` every RPC but ``grpc.health.v1.Health`` needs the
+    metadata ``authorization: Bearer <key>`` (UNAUTHENTICATED otherwise).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(9000, ge=0, le=65535)
+    servicer_functions: list[str] = Field(default_factory=list)
+    location: str = "HeadOnly"
+    request_timeout_s: float = Field(60.0, gt=0)     # the deadline of a call that sets none
+    max_request_bytes: int = Field(4 * 1024 * 1024, ge=1)
+    debug_errors: bool = False
+    api_keys: list[SecretStr] | None = None
+    api_keys_file: str | None = None
+    rate_limit_rps: float | None = Field(None, gt=0)
+    rate_limit_burst: int | None = Field(None, ge=1)
+    max_concurrent_requests: int = Field(256, ge=1)
+
+    @field_validator("servicer_functions")
+    @classmethod
+    def _servicer_functions(cls, v: list[str]) -> list[str]:
+        for path in v:
+            module, _, attr = path.replace(":", ".").rpartition(".")
+            if not module or not attr.isidentifier() or not all(p.isidentifier() for p in module.split(".")):
+                raise ValueError(f"servicer function {path!r} is not an import path; give "
+                                 "'package.module_pb2_grpc.add_<Service>Servicer_to_server'")
+        return v
+
+    @field_validator("location")
+    @classmethod
+    def _location(cls, v: str) -> str:
+        return HTTPOptions._location(v)  # the same rule as HTTP's
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys(cls, v: list[SecretStr] | None) -> list[SecretStr] | None:
+        return HTTPOptions._api_keys(v)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> GRPCOptions:
+        if self.rate_limit_burst is not None and self.rate_limit_rps is None:
+            raise ValueError("rate_limit_burst is set but rate_limit_rps is not; set both, or neither")
+        return self
+
+    @property
+    def burst(self) -> int:
+        """Tokens a rate-limit bucket holds: rate_limit_burst, else one second's worth."""
+        if self.rate_limit_burst is not None:
+            return self.rate_limit_burst
+        return max(1, math.ceil(self.rate_limit_rps or 1))
+
+
 def api_key_problem(key: str) -> str | None:
     """Why ``key`` cannot be an API key (never quoting it), or None."""
     if len(key) < MIN_API_KEY_LENGTH:

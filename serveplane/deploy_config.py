@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from serveplane.config import BackendConfig, HTTPOptions
+from serveplane.config import BackendConfig, GRPCOptions, HTTPOptions
 from serveplane.exceptions import InvalidConfigError
 
 
@@ -75,6 +75,7 @@ class DeployConfig(BaseModel):
     kv_store: str | None = None
     namespace: str | None = None
     http: HTTPOptions | None = None
+    grpc: GRPCOptions | None = None     # also start the gRPC proxy (any GRPCOptions field)
     backends: list[BackendSpec] = Field(default_factory=list)
     endpoints: list[EndpointSpec] = Field(default_factory=list)
 

@@ -20,6 +20,7 @@ class keys:
     """Long-poll keys. Fine-grained: a change publishes only its own key."""
 
     ROUTES = "routes"
+    ENDPOINTS = "endpoints"   # sorted tuple of every endpoint's name (the gRPC proxy follows it)
 
     @staticmethod
     def endpoint(name: str) -> str:
@@ -81,6 +82,9 @@ class BackendInfo:
     backend: str
     config: BackendConfig
     accepts_batches: bool = False
+    # public methods the backend's code defines (None: recorded before this field existed);
+    # the gRPC proxy routes an RPC with no endpoint metadata by them
+    method_names: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -166,7 +166,8 @@ class BackendState:
 
     def backend_info(self) -> BackendInfo:
         return BackendInfo(backend=self.tag, config=self.record.config,
-                           accepts_batches=self.record.accepts_batches)
+                           accepts_batches=self.record.accepts_batches,
+                           method_names=self.record.method_names)
 
     def status(self) -> dict[str, Any]:
         return {"target_replicas": self.record.target_replicas, "version": self.record.version,

@@ -72,19 +72,22 @@ class BackendRecord(BaseModel):
     code_version: str | None = None      # user-given stable version of the code, if any
     replica_tags: tuple[str, ...] = ()   # names the controller created (write-ahead)
     deleting: bool = False
+    method_names: tuple[str, ...] | None = None   # public methods of the code (gRPC routing)
 
     @staticmethod
     def make(tag: str, code_hash: str, init_hash: str, actor_options: dict[str, Any],
              config: BackendConfig, accepts_batches: bool = False,
              replica_tags: tuple[str, ...] = (), target_replicas: int | None = None,
-             code_version: str | None = None) -> BackendRecord:
+             code_version: str | None = None,
+             method_names: tuple[str, ...] | list[str] | None = None) -> BackendRecord:
         return BackendRecord(
             tag=tag, code_hash=code_hash, init_hash=init_hash, actor_options=actor_options,
             config=config,
             target_replicas=config.initial_replicas() if target_replicas is None else target_replicas,
             version=code_version_of(code_version, code_hash, init_hash, actor_options, config),
             config_version=config_version(config),
-            accepts_batches=accepts_batches, code_version=code_version, replica_tags=replica_tags)
+            accepts_batches=accepts_batches, code_version=code_version, replica_tags=replica_tags,
+            method_names=tuple(method_names) if method_names is not None else None)
 
     def same_definition(self, other: BackendRecord) -> bool:
         # pickled code is not byte-stable across processes: a given code_version wins

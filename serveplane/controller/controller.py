@@ -229,6 +229,7 @@ class ServeController(RolloutRPCs, MetricsRPCs, DashboardPublisher):
         for name in self._endpoints.names():
             self._publish_endpoint(name)
         self._long_poll.notify_changed(keys.ROUTES, self._endpoints.routes())
+        self._long_poll.notify_changed(keys.ENDPOINTS, tuple(sorted(self._endpoints.names())))
         logger.info("controller recovered epoch %d: %d backends, %d endpoints", self._epoch,
                     len(self._backends.tags()), len(self._endpoints.names()))
 
@@ -374,7 +375,8 @@ class ServeController(RolloutRPCs, MetricsRPCs, DashboardPublisher):
     # -- backends ----------------------------------------------------------------------
     async def create_backend(self, tag: str, code_blob: bytes, init_blob: bytes,
                              actor_options: dict[str, Any] | None, config: dict[str, Any] | None,
-                             accepts_batches: bool = False, code_version: str | None = None) -> str | None:
+                             accepts_batches: bool = False, code_version: str | None = None,
+                             method_names: list[str] | None = None) -> str | None:
         self._ensure_loop()
         validate_name("backend", tag)
         options = validate_actor_options(actor_options)
@@ -383,7 +385,7 @@ class ServeController(RolloutRPCs, MetricsRPCs, DashboardPublisher):
         async with self._lock:
             code_hash, init_hash = blob_hash(code_blob), blob_hash(init_blob)
             record = BackendRecord.make(tag, code_hash, init_hash, options, cfg, accepts_batches,
-                                        code_version=code_version)
+                                        code_version=code_version, method_names=method_names)
             existing = self._backends.get_any(tag)
             if existing is not None and not existing.record.deleting:
                 if existing.record.same_definition(record):
@@ -409,7 +411,8 @@ class ServeController(RolloutRPCs, MetricsRPCs, DashboardPublisher):
                              actor_options: dict[str, Any] | None,
                              config_update: dict[str, Any] | None,
                              accepts_batches: bool | None = None,
-                             code_version: str | None = None) -> str | None:
+                             code_version: str | None = None,
+                             method_names: list[str] | None = None) -> str | None:
         """Change code, init args, actor options and/or config; rolls replicas if needed."""
         self._ensure_loop()
         async with self._lock:
@@ -428,11 +431,13 @@ class ServeController(RolloutRPCs, MetricsRPCs, DashboardPublisher):
             if code_blob is not None and code_version is not None and code_version == old.code_version:
                 code_hash = old.code_hash  # same declared version: keep the code that runs
                 code_blob = None
+                method_names = None
             record = BackendRecord.make(
                 tag, code_hash, init_hash, options, cfg,
                 old.accepts_batches if accepts_batches is None else accepts_batches,
                 replica_tags=old.replica_tags, target_replicas=target,
-                code_version=code_version if code_version is not None else old.code_version)
+                code_version=code_version if code_version is not None else old.code_version,
+                method_names=old.method_names if code_blob is None or method_names is None else method_names)
             if record == old:
                 return await self._persist_unchanged_goal(tag)
             goal = GoalManager.new(tag, "update")
@@ -510,7 +515,7 @@ class ServeController(RolloutRPCs, MetricsRPCs, DashboardPublisher):
     def _endpoint_snapshot_ids(self, name: str) -> dict[str, str]:
         """Snapshot ids of the long-poll keys an endpoint change touches: what a client waits
         for every proxy and router to hold before its call returns (read your writes)."""
-        return self._long_poll.snapshot_ids((keys.endpoint(name), keys.ROUTES))
+        return self._long_poll.snapshot_ids((keys.endpoint(name), keys.ROUTES, keys.ENDPOINTS))
 
     async def snapshot_ids(self, long_poll_keys: list[str]) -> dict[str, str]:
         """The current snapshot id of each listed long-poll key (those ever published)."""
@@ -540,8 +545,9 @@ class ServeController(RolloutRPCs, MetricsRPCs, DashboardPublisher):
             if not self._persistence.refs.names(digest):
                 self._router_blobs.pop(digest, None)
         self._publish_endpoint(name)
-        if routes_changed:
+        if routes_changed:  # an endpoint was created or deleted
             self._long_poll.notify_changed(keys.ROUTES, self._endpoints.routes())
+            self._long_poll.notify_changed(keys.ENDPOINTS, tuple(sorted(self._endpoints.names())))
         return self._endpoint_snapshot_ids(name)
 
     async def create_endpoint(self, name: str, backend: str, route: str | None,
