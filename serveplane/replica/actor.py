@@ -247,12 +247,10 @@ class ReplicaActor:
             self._leave()
 
     async def _run_one(self, meta: RequestMetadata, args: tuple, kwargs: dict) -> Any:
-        started = time.monotonic()
-        self._metrics.begin()
-        context = RequestContext(meta)
-        token_ctx = current_context.set(context)
-        token_req = current_request.set(meta)
-        token_sess = current_session_id.set(meta.session_id)
+        with _Running(self, meta) as running:
+            return await self._run_traced(meta, args, kwargs, running)
+
+    async def _run_traced(self, meta: RequestMetadata, args: tuple, kwargs: dict, running: _Running) -> Any:
         span = tracing.start_replica(meta, self._backend, self._replica_tag) if tracing.ENABLED else None
         ok = False
         try:
@@ -272,19 +270,11 @@ class ReplicaActor:
                     result = StreamHandoff(self._handoffs.keep(result.body_iterator), stream_start(result))
                 else:
                     result = await _collect(result)
-            ok = True
+            ok = running.ok = True
             return result
-        except asyncio.CancelledError:
-            self._cancelled += 1
-            context.cancel_children()
-            raise
         finally:
             if span is not None:
                 span.end(ok)
-            current_session_id.reset(token_sess)
-            current_request.reset(token_req)
-            current_context.reset(token_ctx)
-            self._metrics.end(ok, time.monotonic() - started, meta.session_id)
 
     def _invoke(self, meta: RequestMetadata, method: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         if getattr(method, "_serveplane_accept_batch", False):
@@ -302,40 +292,30 @@ class ReplicaActor:
         if not isinstance(meta, RequestMetadata):
             meta = RequestMetadata(*meta)
         self._admit(meta)
-        started = time.monotonic()
-        self._metrics.begin()
-        context = RequestContext(meta)
-        token_ctx = current_context.set(context)
-        token_req = current_request.set(meta)
-        token_sess = current_session_id.set(meta.session_id)
-        ok = False
         try:
-            method = self._resolve(meta.method_name, meta.http)
-            args, kwargs = self._convert(meta, method, args, kwargs)
-            with _deadline_scope(meta):
-                if self._streams(meta.method_name, method):
-                    # calling a generator function runs none of its code: no worker needed
-                    async for chunk in coalesce(iterate(method(*args, **kwargs), self._run_sync)):
+            with _Running(self, meta) as running:
+                async for chunk in self._stream(meta, args, kwargs):
+                    yield chunk
+                running.ok = True
+        finally:
+            self._leave()
+
+    async def _stream(self, meta: RequestMetadata, args: tuple, kwargs: dict) -> Any:
+        method = self._resolve(meta.method_name, meta.http)
+        args, kwargs = self._convert(meta, method, args, kwargs)
+        with _deadline_scope(meta):
+            if self._streams(meta.method_name, method):
+                # calling a generator function runs none of its code: no worker needed
+                async for chunk in coalesce(iterate(method(*args, **kwargs), self._run_sync)):
+                    yield chunk
+            else:
+                result = await self._call(method, args, kwargs)
+                if is_streaming_response(result):
+                    yield stream_start(result)
+                    async for chunk in coalesce(result.body_iterator):
                         yield chunk
                 else:
-                    result = await self._call(method, args, kwargs)
-                    if is_streaming_response(result):
-                        yield stream_start(result)
-                        async for chunk in coalesce(result.body_iterator):
-                            yield chunk
-                    else:
-                        yield Whole(result)
-            ok = True
-        except asyncio.CancelledError:
-            self._cancelled += 1
-            context.cancel_children()
-            raise
-        finally:
-            # a generator may be closed from another context than the one that ran it
-            _reset_quietly((current_session_id, token_sess), (current_request, token_req),
-                           (current_context, token_ctx))
-            self._metrics.end(ok, time.monotonic() - started, meta.session_id)
-            self._leave()
+                    yield Whole(result)
 
     async def pull_stream(self, stream_id: str) -> Any:
         """The body of a ``StreamHandoff`` this replica answered (streaming call)."""
@@ -420,6 +400,36 @@ class ReplicaActor:
                 return False, exc
 
         return list(await asyncio.gather(*(one(a, k) for a, k in calls)))
+
+
+class _Running:
+    """One call's bookkeeping in its replica: metrics, the request's contextvars (nested
+    handle calls see them), and on cancellation the cancelling of the handle calls it made."""
+
+    __slots__ = ("replica", "meta", "context", "tokens", "started", "ok")
+
+    def __init__(self, replica: ReplicaActor, meta: RequestMetadata) -> None:
+        self.replica = replica
+        self.meta = meta
+        self.ok = False
+
+    def __enter__(self) -> _Running:
+        self.started = time.monotonic()
+        self.replica._metrics.begin()
+        meta = self.meta
+        self.context = RequestContext(meta)
+        self.tokens = (current_context.set(self.context), current_request.set(meta),
+                       current_session_id.set(meta.session_id))
+        return self
+
+    def __exit__(self, kind: Any, error: Any, tb: Any) -> None:
+        if kind is not None and issubclass(kind, asyncio.CancelledError):
+            self.replica._cancelled += 1
+            self.context.cancel_children()
+        ctx, req, sess = self.tokens
+        # a stream may be closed from another context than the one that ran it
+        _reset_quietly((current_session_id, sess), (current_request, req), (current_context, ctx))
+        self.replica._metrics.end(self.ok, time.monotonic() - self.started, self.meta.session_id)
 
 
 def _reset_quietly(*pairs: tuple[contextvars.ContextVar, contextvars.Token]) -> None:

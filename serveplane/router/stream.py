@@ -27,7 +27,37 @@ from serveplane.router.response import Response
 from serveplane.router.state import RequestState
 
 
-class ResponseStream(Response):
+class _Chunked:
+    """Iterating chunks that may arrive several to one Ray object (``next_batch``)."""
+
+    __slots__ = ()
+    _pending: collections.deque
+
+    async def next_batch(self) -> list:
+        raise NotImplementedError
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        if not self._pending:
+            self._pending.extend(await self.next_batch())
+        return self._pending.popleft()
+
+    async def batches(self) -> AsyncIterator[list]:
+        """The chunks in the groups they travelled in (the HTTP proxy writes each group at once)."""
+        if self._pending:
+            pending = list(self._pending)
+            self._pending.clear()
+            yield pending
+        while True:
+            try:
+                yield await self.next_batch()
+            except StopAsyncIteration:
+                return
+
+
+class ResponseStream(_Chunked, Response):
     """Iterate it (``async for`` or ``for``); ``start`` holds the status and headers when
     the backend returned a starlette ``StreamingResponse``."""
 
@@ -41,25 +71,6 @@ class ResponseStream(Response):
         self._pending: collections.deque = collections.deque()  # chunks that came together
 
     # -- async ------------------------------------------------------------------------------
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self
-
-    async def __anext__(self) -> Any:
-        if not self._pending:
-            self._pending.extend(await self.next_batch())
-        return self._pending.popleft()
-
-    async def batches(self) -> AsyncIterator[list]:
-        """The chunks in the groups they travelled in (the HTTP proxy writes each group at once)."""
-        if self._pending:
-            pending, self._pending = list(self._pending), collections.deque()
-            yield pending
-        while True:
-            try:
-                yield await self.next_batch()
-            except StopAsyncIteration:
-                return
-
     async def next_batch(self) -> list:
         """The next chunks that arrived together (at least one); ``StopAsyncIteration`` at the end."""
         router = self.router
@@ -160,7 +171,7 @@ class ResponseStream(Response):
                f"{self.chunks} chunks)>"
 
 
-class HandoffStream:
+class HandoffStream(_Chunked):
     """The body of a ``StreamingResponse`` a replica answered to an ordinary HTTP call
     (``StreamHandoff``): pulled from that replica with one streaming call."""
 
@@ -172,24 +183,6 @@ class HandoffStream:
             raise RuntimeError(f"{response!r} has no replica to pull its stream from")
         self._gen = self._router.transport.pull_stream(replica, handoff.stream_id)
         self._pending: collections.deque = collections.deque()
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self
-
-    async def __anext__(self) -> Any:
-        if not self._pending:
-            self._pending.extend(await self.next_batch())
-        return self._pending.popleft()
-
-    async def batches(self) -> AsyncIterator[list]:
-        if self._pending:
-            pending, self._pending = list(self._pending), collections.deque()
-            yield pending
-        while True:
-            try:
-                yield await self.next_batch()
-            except StopAsyncIteration:
-                return
 
     async def next_batch(self) -> list:
         try:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 
 import serveplane
+from tests.waiting import wait_for  # noqa: F401 - the grpc tests import it from here
 
 SERVICERS = ["tests.integration.grpc.echo_pb2_grpc.add_EchoServicer_to_server",
              "tests.integration.grpc.echo_pb2_grpc.add_OtherServicer_to_server"]
@@ -64,14 +64,3 @@ def instance(ray_session) -> Iterator[Instance]:
         inst.client.create_endpoint("echo", backend="echo:a")
         inst.client.create_endpoint("other", backend="other")
         yield inst
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``condition`` until it is truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} not met within {timeout}s"
-        time.sleep(0.02)

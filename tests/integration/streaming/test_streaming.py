@@ -22,18 +22,9 @@ from serveplane.exceptions import (
 )
 from tests.integration.http.helpers import proxy
 from tests.integration.streaming.backends import Nested, Streamer
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.ray
-
-
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout}s"
-        time.sleep(0.02)
 
 
 def counters(handle) -> dict:
