@@ -80,6 +80,14 @@ async def coalesce(chunks: AsyncIterator[Any], limit: int = COALESCE_MAX) -> Asy
     The producer runs in a task of its own (with this request's context) and at most
     ``limit`` chunks ahead; closing or cancelling this generator cancels it, so user code
     gets ``CancelledError`` where it waits."""
+    # the first chunk is read here, with no task hop: the time to the first chunk is the
+    # generator's own; the producer task takes over from the second
+    chunks = chunks.__aiter__()
+    try:
+        first = await chunks.__anext__()
+    except StopAsyncIteration:
+        return
+    yield first
     queue: asyncio.Queue = asyncio.Queue(maxsize=limit)
 
     async def produce() -> None:
