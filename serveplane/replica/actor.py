@@ -45,7 +45,7 @@ from serveplane.records import RequestMetadata
 from serveplane.replica.batching import Batcher
 from serveplane.replica.convention import RequestConvention, classic_request, unwrap
 from serveplane.replica.metrics import ReplicaMetrics
-from serveplane.router.loop import Deadline
+from serveplane.deadline import Deadline
 from serveplane.replica.streaming import (
     Handoffs,
     coalesce,
