@@ -374,6 +374,8 @@ class EndpointRouter:
 
     def _reserve_queue_slot(self, request: Response) -> None:
         backend = request.backend or UNKNOWN_BACKEND
+        if backend not in self._configs or backend not in self._replicas:
+            backend = UNKNOWN_BACKEND  # waiting to hear of the backend, not for its capacity
         limit = self._config(backend).max_queued_requests
         if not self._queue.reserve(backend, limit):
             self.stats.back_pressure_rejections += 1

@@ -159,3 +159,27 @@ def _wait_call(transport, arg, skip=0, timeout=2.0):
             return found[skip]
         assert time.monotonic() < deadline, transport.calls
         time.sleep(0.005)
+
+
+def test_a_backend_this_router_has_not_heard_of_yet_is_no_reason_for_back_pressure():
+    """A new endpoint's first requests wait for its replicas to be published here; they
+    do not count against the backend's max_queued_requests (0 here)."""
+    from serveplane.records import keys
+    from serveplane.router import StaticSource
+    from serveplane.router.router import EndpointRouter
+    from tests.unit.router.fakes import backend_config, endpoint, replica
+
+    source = StaticSource()
+    transport = FakeTransport(auto=lambda ref: ref.args[0])
+    router = EndpointRouter("ep", source, transport=transport)
+    source.set(keys.backend_config("b"), backend_config("b", max_concurrent_queries=1, max_queued_requests=0))
+    source.set(keys.endpoint("ep"), endpoint("ep", {"b": 1.0}))
+
+    async def main():
+        early = Handle(router).remote("first")
+        await settle()
+        assert router.statistics()["queued"] == 1
+        source.set(keys.replicas("b"), (replica("b", "r0"),))
+        assert await asyncio.wait_for(early, 2) == "first"
+
+    asyncio.run(main())
