@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from serveplane.config import GRPCOptions, HTTPOptions, explain_validation_error
 from serveplane.controller.controller import ServeController
 from serveplane.exceptions import ControllerUnavailableError, InvalidConfigError
+from serveplane.proxy_actors import place_proxies
 from serveplane.records import CONTROLLER_NAME, DEFAULT_NAMESPACE
 from serveplane.state_key import resolve_state_key
 
@@ -94,17 +95,8 @@ def start_proxies(options: HTTPOptions, namespace: str, detached: bool) -> tuple
     """One proxy on this node (``HeadOnly``) or one per alive node (``EveryNode``)."""
     from serveplane.http.proxy import HTTPProxyActor
 
-    if options.location == "EveryNode":
-        nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
-    else:
-        nodes = [ray.get_runtime_context().get_node_id()]
-    proxies: list[Any] = []
-    for node_id in nodes:
-        proxies.append(ray.remote(HTTPProxyActor).options(
-            name=proxy_name(node_id), namespace=namespace, get_if_exists=True,
-            lifetime="detached" if detached else None, max_restarts=-1, max_concurrency=10_000,
-            num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
-        ).remote(options.model_dump(), namespace))
+    proxies = place_proxies(HTTPProxyActor, proxy_name, options.location, options.model_dump(),
+                            namespace, detached)
     return ray.get([p.ready.remote() for p in proxies], timeout=60), proxies
 
 

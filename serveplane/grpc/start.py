@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from serveplane.config import GRPCOptions
+from serveplane.proxy_actors import place_proxies
 
 PROXY_NAME_PREFIX = "serveplane_proxy:grpc:"
 READY_TIMEOUT_S = 60.0
@@ -25,17 +25,8 @@ def start_grpc_proxies(options: GRPCOptions, namespace: str, detached: bool) -> 
     servicer function that does not import, a port in use) is killed and its error raised."""
     from serveplane.grpc.proxy import GRPCProxyActor
 
-    if options.location == "EveryNode":
-        nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
-    else:
-        nodes = [ray.get_runtime_context().get_node_id()]
-    proxies: list[Any] = []
-    for node_id in nodes:
-        proxies.append(ray.remote(GRPCProxyActor).options(
-            name=grpc_proxy_name(node_id), namespace=namespace, get_if_exists=True,
-            lifetime="detached" if detached else None, max_restarts=-1, max_concurrency=10_000,
-            num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
-        ).remote(options.model_dump(), namespace))
+    proxies = place_proxies(GRPCProxyActor, grpc_proxy_name, options.location, options.model_dump(),
+                            namespace, detached)
     try:
         addresses = ray.get([p.ready.remote() for p in proxies], timeout=READY_TIMEOUT_S)
     except ray.exceptions.RayTaskError as exc:
