@@ -34,6 +34,15 @@ def background_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
+def use_background_loop(loop: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop | None:
+    """Make ``loop`` the background loop (the data-plane simulator runs every router on its
+    one virtual-time loop); returns the previous one, to be put back."""
+    global _loop
+    with _lock:
+        previous, _loop = _loop, loop
+        return previous
+
+
 def running_loop() -> asyncio.AbstractEventLoop | None:
     try:
         return asyncio.get_running_loop()

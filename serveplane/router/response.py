@@ -19,7 +19,6 @@ Its state (``RequestState``) is moved only by its router.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import TYPE_CHECKING, Any
 
 from ray.exceptions import GetTimeoutError
@@ -65,14 +64,14 @@ class Response:
         self.http_method = http_method    # for classic-convention backends (RequestMetadata)
         self.http_headers = http_headers
         self.request_id = router.next_request_id()
-        self.started = now = time.monotonic()  # the latency a caller sees is measured from here
+        self.started = now = self.router.clock.monotonic()  # the latency a caller sees is measured from here
         # the deadline: monotonic here, wall clock on the wire; the earlier of this request's
         # timeout_s and the one it inherits (a handle call made while running a request)
         if timeout_s is not None:
-            own = time.time() + timeout_s
+            own = self.router.clock.time() + timeout_s
             wall_deadline = own if wall_deadline is None else min(own, wall_deadline)
         self.wall_deadline = wall_deadline
-        self.deadline = None if wall_deadline is None else now + (wall_deadline - time.time())
+        self.deadline = None if wall_deadline is None else now + (wall_deadline - self.router.clock.time())
         self.queue_deadline = self.deadline if self.deadline is not None else now + QUEUE_TIMEOUT_S
         self.stream = stream
         self.chunks = 0                  # chunks a stream delivered
@@ -114,13 +113,13 @@ class Response:
     def _caller_cancelled(self) -> None:
         """The task awaiting this request was cancelled: so is the request (by its deadline's
         timer when that has passed, else by the caller)."""
-        if self.deadline is not None and time.monotonic() >= self.deadline:
+        if self.deadline is not None and self.router.clock.monotonic() >= self.deadline:
             self._timed_out()
         else:
             self.router.cancel(self)
 
     def _remaining(self) -> float | None:
-        return None if self.deadline is None else self.deadline - time.monotonic()
+        return None if self.deadline is None else self.deadline - self.router.clock.monotonic()
 
     def _timed_out(self) -> RequestTimeoutError:
         """The deadline passed: cancel the call; the error every awaiter gets."""
@@ -181,7 +180,7 @@ class Response:
         """Block until the answer arrives (retries included); raises the request's error.
         ``timeout`` bounds this wait only; the request's deadline (``timeout_s``) ends the
         request itself."""
-        waited = None if timeout is None else time.monotonic() + timeout
+        waited = None if timeout is None else self.router.clock.monotonic() + timeout
         deadline: float | None
         if self.deadline is not None and (waited is None or self.deadline <= waited):
             deadline, own = self.deadline, True
@@ -194,9 +193,9 @@ class Response:
                 if self.state.final and self.failure is not None:
                     raise self.failure
                 # the queue enforces the request's deadline while it waits
-                self._wait_routed_sync(None if waited is None else max(0.0, waited - time.monotonic()))
+                self._wait_routed_sync(None if waited is None else max(0.0, waited - self.router.clock.monotonic()))
                 continue
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            remaining = None if deadline is None else max(0.0, deadline - self.router.clock.monotonic())
             try:
                 value = router.transport.get(ref, remaining)
                 if self.batch_index is not None:
@@ -235,7 +234,7 @@ class Response:
                 if self.deadline is None:
                     value = await pending
                 else:
-                    with loops.Deadline(self.deadline - time.monotonic()):
+                    with loops.Deadline(self.deadline - self.router.clock.monotonic()):
                         value = await pending
                 if self.batch_index is not None:
                     value = _unpack(value, self.batch_index)
@@ -289,11 +288,11 @@ class Response:
         ``handle.remote()`` returned. The answer is then theirs to read: there is no retry,
         and a replica that dies leaves its error in the ref (``object_ref()`` waits for the
         final answer instead)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else self.router.clock.monotonic() + timeout
         while self.ref is None:
             if self.state.final and self.failure is not None:
                 raise self.failure
-            self._wait_routed_sync(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            self._wait_routed_sync(None if deadline is None else max(0.0, deadline - self.router.clock.monotonic()))
         if self.batch_index is not None:
             return self.object_ref(timeout)  # a batch's ref holds every caller's answer
         ref = self.ref

@@ -43,12 +43,12 @@ import itertools
 import logging
 import random
 import threading
-import time
 import uuid
 import weakref
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from serveplane import tracing
+from serveplane.clock import SYSTEM_CLOCK, Clock
 from serveplane.config import BackendConfig
 from serveplane.exceptions import (
     BackPressureError,
@@ -111,10 +111,11 @@ class _Waiter:
 class EndpointRouter:
     def __init__(self, endpoint: str, source: ConfigSource, *, transport: Transport = RAY_TRANSPORT,
                  controller_name: str | None = None, namespace: str | None = None,
-                 backoff: ReplicaBackoff | None = None) -> None:
+                 backoff: ReplicaBackoff | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         self.endpoint = endpoint
+        self.clock = clock
         self.router_id = f"{endpoint}:{uuid.uuid4().hex[:8]}"
-        self.started_at = time.time()  # wall clock: a rollout window counts a newer router whole
+        self.started_at = clock.time()  # wall clock: a rollout window counts a newer router whole
         self.controller_name = controller_name or getattr(source, "controller_name", None)
         self.namespace = namespace or getattr(source, "namespace", None)
         self.transport = transport
@@ -130,9 +131,9 @@ class EndpointRouter:
         self._policy_key: tuple[str, bytes | None] = ("round_robin", None)
         self._replicas: dict[str, tuple[ReplicaInfo, ...]] = {}
         self._configs: dict[str, BackendConfig] = {}
-        self._slots = SlotTable()
+        self._slots = SlotTable(clock.monotonic)
         self._dead: set[str] = set()
-        self._backoff = backoff if backoff is not None else ReplicaBackoff()
+        self._backoff = backoff if backoff is not None else ReplicaBackoff(clock=clock.monotonic)
         self._backoff_end_pending = False  # a timer will wake the queue when a hold ends
         self._live_cache: dict[str, list[ReplicaInfo]] = {}
         self._queue: WaitQueue[_Waiter] = WaitQueue()
@@ -466,7 +467,7 @@ class EndpointRouter:
                 elif dep.ref is None:
                     await dep.routed()
             while True:
-                remaining = request.queue_deadline - time.monotonic()
+                remaining = request.queue_deadline - self.clock.monotonic()
                 with self._lock:
                     if request.state.final:  # cancelled while it waited: awaiters read .failure
                         return
@@ -615,7 +616,7 @@ class EndpointRouter:
                 name = request.replica.actor_name
                 self._backoff.answered(name)
                 self._slots.answered(name)
-                self.stats.outcomes.answered(request.replica.backend, time.monotonic() - request.started, True)
+                self.stats.outcomes.answered(request.replica.backend, self.clock.monotonic() - request.started, True)
             self._release_locked(request)
 
     def streaming(self, request: Response) -> None:
@@ -672,7 +673,7 @@ class EndpointRouter:
                 if replica is not None:
                     self._backoff.answered(replica.actor_name)  # it ran the user's code
                     self._slots.answered(replica.actor_name)
-                    self.stats.outcomes.answered(replica.backend, time.monotonic() - request.started, False)
+                    self.stats.outcomes.answered(replica.backend, self.clock.monotonic() - request.started, False)
                 self._release_locked(request)
                 return error
             assert replica is not None
@@ -869,7 +870,7 @@ class EndpointRouter:
     # -- introspection -----------------------------------------------------------------------------
     def load_report(self) -> dict[str, dict[str, float]]:
         """Per backend: queued, in flight and request rate, for the controller's autoscaler."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         with self._lock:
             rates = self.stats.rates(now)
             report = {}

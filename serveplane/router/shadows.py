@@ -32,7 +32,7 @@ def fire_shadows(router: EndpointRouter, request: Response, shadows: dict[str, f
                 stats.dropped += 1
         if replica is None:
             continue
-        outcome = ShadowOutcome(stats, router.stats_lock)
+        outcome = ShadowOutcome(stats, router.stats_lock, router.clock.monotonic)
         request.shadows.append(outcome)
         meta = RequestMetadata(request.request_id, router.endpoint, request.method_name,
                                request.session_id, request.shard_key, is_shadow=True,

@@ -10,7 +10,7 @@ import collections
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from serveplane.rollout.histogram import N_BUCKETS, bucket_of
 
@@ -39,13 +39,15 @@ class ShadowStats:
 class ShadowOutcome:
     """Pairs one shadow answer with its primary's, whichever finishes last compares."""
 
-    __slots__ = ("stats", "lock", "started", "primary", "shadow", "primary_done", "shadow_done",
+    __slots__ = ("stats", "lock", "clock", "started", "primary", "shadow", "primary_done", "shadow_done",
                  "shadow_ok", "primary_ok")
 
-    def __init__(self, stats: ShadowStats, lock: threading.Lock) -> None:
+    def __init__(self, stats: ShadowStats, lock: threading.Lock,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.stats = stats
         self.lock = lock
-        self.started = time.monotonic()
+        self.clock = clock
+        self.started = clock()
         self.primary: Any = None
         self.shadow: Any = None
         self.primary_done = False
@@ -58,7 +60,7 @@ class ShadowOutcome:
         with self.lock:
             self.shadow, self.shadow_done, self.shadow_ok = value, True, ok
             self.stats.completed += 1
-            self.stats.latency_total_s += time.monotonic() - self.started
+            self.stats.latency_total_s += self.clock() - self.started
             if not ok:
                 self.stats.errors += 1
             self._compare()

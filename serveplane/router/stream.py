@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import time
 from typing import Any, AsyncIterator, Iterator
 
 from ray.exceptions import GetTimeoutError
@@ -85,7 +84,7 @@ class ResponseStream(_Chunked, Response):
                 if self.deadline is None:
                     chunk = await router.transport.next_chunk(gen)
                 else:
-                    with loops.Deadline(self.deadline - time.monotonic()):
+                    with loops.Deadline(self.deadline - self.router.clock.monotonic()):
                         chunk = await router.transport.next_chunk(gen)
             except loops.DeadlinePassed:
                 raise self._timed_out() from None
@@ -113,7 +112,7 @@ class ResponseStream(_Chunked, Response):
         while True:
             if self.state is RequestState.DONE:
                 raise StopIteration
-            remaining = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+            remaining = None if self.deadline is None else max(0.0, self.deadline - self.router.clock.monotonic())
             gen = self.ref
             if gen is None:
                 if self.state.final and self.failure is not None:

@@ -1,0 +1,42 @@
+"""``python -m tests.sim.dataplane``: run many seeds of the data-plane simulator, or replay one."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from tests.sim.dataplane.simulator import run_seed
+from tests.sim.dataplane.world import Violation
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="deterministic simulation of the data plane")
+    parser.add_argument("--seed", type=int, help="replay this one seed, printing every event")
+    parser.add_argument("--seeds", type=int, default=1000, help="how many seeds to run")
+    parser.add_argument("--start", type=int, default=0, help="first seed")
+    parser.add_argument("--steps", type=int, default=120, help="schedule steps per seed")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print every event")
+    args = parser.parse_args()
+    seeds = [args.seed] if args.seed is not None else range(args.start, args.start + args.seeds)
+    started, failed = time.monotonic(), []
+    totals: dict[str, int] = {}
+    for seed in seeds:
+        try:
+            stats = run_seed(seed, steps=args.steps, verbose=args.verbose or args.seed is not None)
+        except Violation as exc:
+            failed.append(seed)
+            print(f"FAILED {exc}\nreplay: make sim-data SEED={seed}\n", file=sys.stderr)
+            continue
+        for key, value in stats.items():
+            totals[key] = totals.get(key, 0) + value
+    elapsed = time.monotonic() - started
+    print(f"{len(seeds) - len(failed)} passed, {len(failed)} failed "
+          f"({len(seeds)} seeds in {elapsed:.1f}s; {dict(sorted(totals.items()))})")
+    if failed:
+        print("failing seeds: " + " ".join(map(str, failed[:50])))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
