@@ -11,6 +11,7 @@ on its own. Requests without a free slot queue on their own.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import threading
 from typing import TYPE_CHECKING, Any, Iterable
@@ -22,7 +23,7 @@ from serveplane.router.stats import BatchSizes
 
 if TYPE_CHECKING:
     from serveplane.records import ReplicaInfo
-    from serveplane.router.response import Response
+    from serveplane.router.request import RoutedRequest
     from serveplane.router.router import EndpointRouter
 
 
@@ -35,7 +36,7 @@ class Batcher:
         self._gathering: dict[tuple[str, bool], _Gathered] = {}
         self._sizes = BatchSizes()  # under _lock
 
-    def add(self, request: Response, size: int, timeout_s: float) -> None:
+    def add(self, request: RoutedRequest, size: int, timeout_s: float) -> None:
         method = (request.method_name, request.http)
         with self._lock:
             batch = self._gathering.get(method)
@@ -72,7 +73,7 @@ class Batcher:
         cancelled, or routing on its own (a new ``waiting``)."""
         router = self._router
         try:
-            groups, waiting, _cancelled = router.claim_for_batch(batch.requests)
+            groups, waiting = router.claim_for_batch(batch.requests)
             for request in waiting:
                 request.waiting = router.route_later(request)
             for replica, requests in groups:
@@ -80,11 +81,11 @@ class Batcher:
         finally:
             batch.ready.set_result(None)
 
-    def _send(self, replica: ReplicaInfo, batch: list[Response]) -> None:
+    def _send(self, replica: ReplicaInfo, batch: list[RoutedRequest]) -> None:
         router = self._router
         first = batch[0]
         meta = RequestMetadata(first.request_id, router.endpoint, first.method_name, http=first.http,
-                               deadline=_earliest(r.wall_deadline for r in batch))
+                               deadline=_latest(r.wall_deadline for r in batch))
         try:
             ref = router.transport.send_batch(replica, meta, [(r.args, r.kwargs) for r in batch])
         except Exception as exc:  # noqa: BLE001 - every caller of the batch gets it
@@ -107,11 +108,60 @@ class _Gathered:
     __slots__ = ("requests", "ready")
 
     def __init__(self) -> None:
-        self.requests: list[Response] = []
+        self.requests: list[RoutedRequest] = []
         self.ready: concurrent.futures.Future = concurrent.futures.Future()
 
 
-def _earliest(deadlines: Iterable[float | None]) -> float | None:
-    """A batch runs under the earliest deadline among its requests (none if none has one)."""
-    known = [d for d in deadlines if d is not None]
-    return min(known) if known else None
+def _latest(deadlines: Iterable[float | None]) -> float | None:
+    """A batch runs under the latest deadline among its requests (none if one has none):
+    a batch-mate's short deadline must not make the replica refuse the others. Each
+    request's own deadline is still its own: its awaiter gives up, alone, when it passes."""
+    latest = None
+    for deadline in deadlines:
+        if deadline is None:
+            return None
+        latest = deadline if latest is None else max(latest, deadline)
+    return latest
+
+
+class BatchCall:
+    """The one actor call of a router-side batch. Its callers on one event loop share one
+    await of its ref (one Ray completion callback per loop, not one per caller); each
+    caller waits through a shield, so cancelling one caller leaves the others waiting."""
+
+    __slots__ = ("ref", "requests", "_tasks")
+
+    def __init__(self, ref: Any, requests: list[RoutedRequest]) -> None:
+        self.ref = ref
+        self.requests = requests
+        self._tasks: dict[asyncio.AbstractEventLoop, asyncio.Future] = {}
+
+    def value(self) -> Any:
+        loop = asyncio.get_running_loop()
+        task = self._tasks.get(loop)
+        if task is None:
+            task = self._tasks[loop] = asyncio.ensure_future(_awaited(self.ref))
+        return asyncio.shield(task)
+
+    def all_final(self) -> bool:
+        """Every request of the batch is final: nobody wants its answer any more."""
+        return all(r.state.final for r in self.requests)
+
+    @staticmethod
+    def item(value: Any, index: int | None) -> Any:
+        """One caller's answer in the batch's value (an error as the exception itself)."""
+        if isinstance(value, BaseException) or index is None:
+            return value
+        ok, item = value[index]
+        return item if ok else (item if isinstance(item, BaseException) else RuntimeError(item))
+
+    @staticmethod
+    def unpack(value: Any, index: int) -> Any:
+        ok, item = value[index]
+        if not ok:
+            raise item
+        return item
+
+
+async def _awaited(ref: Any) -> Any:
+    return await ref

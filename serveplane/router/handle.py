@@ -143,7 +143,7 @@ class Handle:
             o.http_method, o.http_headers, parent.meta.deadline if parent is not None else None)
         if parent is not None:
             parent.add_child(response)  # cancelled with the request that made it
-        self._router.submit(response)
+        self._router.submit(response.request)
         return response
 
     # -- fanout ----------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def wait_sync(waiter: Any, timeout: float | None) -> None:
 async def wait_async(waiter: Any) -> None:
     loop = asyncio.get_running_loop()
     if isinstance(waiter, asyncio.Future) and waiter.get_loop() is loop:
-        await waiter
+        await asyncio.shield(waiter)  # a cancelled awaiter never cancels the routing itself
     elif isinstance(waiter, concurrent.futures.Future):
         if waiter.done():
             waiter.result()  # raises its error; no wake-up through the loop needed

@@ -1,55 +1,45 @@
 """``EndpointRouter``: one per endpoint per process; the hot path of every request.
 
+It orchestrates parts that own their own state: the ``RouterView`` (config, replicas,
+slots, sessions, picking), the ``WaitQueue``, ``decide`` (what a failure means), the
+``Batcher`` and shadows; each request's own record is its ``RoutedRequest``, moved only
+through its checked transitions, here, under the router's lock.
+
 Invariants:
 - one actor call per request (through the ``Transport``); the controller is never on
   the way;
 - a replica never has more than ``max_concurrent_queries`` requests from this router;
-  when all are full, requests wait in this router's FIFO queue (bound to no replica) and
-  past ``max_queued_requests`` they fail at once with ``BackPressureError``. A freed slot
-  is handed to the first waiting request that may use it, under the lock, so a new
-  request never overtakes a queued one;
-- a replica seen dead leaves this router's set at once, and a later update that still
-  lists it does not bring it back; a replica seen *unavailable* (unreachable for now) is
-  only backed off for a short, growing period (``ReplicaBackoff``) and never reported dead;
+  when all are full, requests wait in this router's FIFO queue and past
+  ``max_queued_requests`` they fail with ``BackPressureError``; the limit holds on every
+  path (retries and requests waiting for their arguments too). A freed slot is handed to
+  the first waiting request that may use it, under the lock: the request itself records
+  it (``ASSIGNED``), so a wake-up, a timer or a cancel racing the hand-over never loses it;
+- a replica seen dead leaves this router's set at once; one seen *unavailable* is backed
+  off for a short, growing period and never reported dead;
 - a request whose replica died or became unavailable may have run: it is retried
-  elsewhere (``max_retries``) only when the backend is ``idempotent``; a request whose
-  *argument* died (a ``Response`` passed in) did not run: it waits for that argument's own
-  retry and is sent again with the final ``ObjectRef``;
-- shadows are fired without waiting and never change or delay the primary answer;
-- a replica that refuses a request (``ReplicaFullError``: full across all routers, or
-  draining) did not run it: the request goes to another replica (or waits), uncounted;
-- a cancelled request frees its slot at once; queued, it never reaches a replica; running,
-  its replica's call is cancelled;
-- a request with a deadline never starts after it (queued past it: ``NoReplicasError``,
-  a ``RequestTimeoutError``) and is cancelled when it passes while running.
-
-The parts are pure and tested without Ray: ``SlotTable`` (slots per replica, refusals),
-``WaitQueue`` (FIFO waiters, per-backend counts), ``decide`` (what a failure means) and
-``RequestState`` (each request's one state machine, moved only here, under the lock);
-the ``Transport`` makes the Ray calls.
-
-Config arrives through a ``ConfigSource`` on any thread; callbacks swap whole immutable
-values under a short lock. Picking is synchronous and runs on the caller's thread; only
-waiting is async (on the caller's loop, or on the background loop for sync callers).
+  elsewhere (``max_retries``) only when the backend is ``idempotent``; a stream never
+  after its first chunk; a request whose *argument* died waits for that argument's retry;
+- a replica that refuses a request (full across all routers, or draining) did not run it:
+  it goes to another replica (or waits for its own, if pinned), uncounted;
+- a cancelled request frees its slot at once; queued, it never reaches a replica;
+  running, its call is cancelled (a router-side batch's call only once every request in
+  it is cancelled, so no batch-mate is hurt);
+- every request that reached a backend is counted once in its figures, whatever its end.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import functools
 import itertools
 import logging
-import random
 import threading
 import uuid
-import weakref
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from serveplane import tracing
 from serveplane.clock import SYSTEM_CLOCK, Clock
-from serveplane.config import BackendConfig
 from serveplane.exceptions import (
     BackPressureError,
     EndpointNotFoundError,
@@ -60,49 +50,34 @@ from serveplane.exceptions import (
 from serveplane.records import BackendInfo, EndpointInfo, ReplicaInfo, RequestMetadata, keys
 from serveplane.router import loop as loops
 from serveplane.router.backoff import ReplicaBackoff
-from serveplane.router.policies import (
-    NO_REQUEST,
-    RequestInfo,
-    Router,
-    key_fraction,
-    make_policy,
-    rendezvous_pick,
-    weighted_pick,
-)
-from serveplane.router.batcher import Batcher
+from serveplane.router.batcher import Batcher, BatchCall
 from serveplane.router.decision import Verdict, decide
-from serveplane.router.slots import SlotTable
-from serveplane.router.state import RequestState, check
-from serveplane.router.waitqueue import WaitQueue
+from serveplane.router.errors import for_caller
+from serveplane.router.figures import load_report, statistics
 from serveplane.router.reporter import report_replica_died
+from serveplane.router.request import Outcome, RoutedRequest
 from serveplane.router.shadows import fire_shadows
+from serveplane.router.state import RequestState
 from serveplane.router.stats import RouterStats
 from serveplane.router.transport import RAY_TRANSPORT, Failure, Transport
-
-from serveplane.router.response import BatchCall
+from serveplane.router.view import RouterView
+from serveplane.router.waitqueue import WaitQueue
 
 if TYPE_CHECKING:
-    from serveplane.router.response import Response
     from serveplane.router.source import ConfigSource
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = BackendConfig()
-MAX_TRACKED_SESSIONS = 100_000
 UNKNOWN_BACKEND = ""  # queue key of requests that wait for the endpoint's config
-UNBOUNDED = 2**62  # the queue limit of requests already admitted once (retries, arguments)
 
 
 class _Waiter:
-    """A queued request and the future its routing coroutine sleeps on.
-
-    The future gets a ``ReplicaInfo`` whose slot is already taken for the request (a
-    hand-over), or ``None``: "something changed, look again".
-    """
+    """A queued request and the future its routing coroutine sleeps on (a wake-up only:
+    what it got is in the request's own state)."""
 
     __slots__ = ("request", "loop", "future")
 
-    def __init__(self, request: Response, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, request: RoutedRequest, loop: asyncio.AbstractEventLoop) -> None:
         self.request = request
         self.loop = loop
         self.future: asyncio.Future = loop.create_future()
@@ -121,28 +96,15 @@ class EndpointRouter:
         self.transport = transport
         self.stats = RouterStats()
         self.stats_lock = threading.Lock()  # shadow counters, updated on callback threads
+        self.view = RouterView(endpoint, clock.monotonic, backoff)
+        self.queue: WaitQueue[_Waiter] = WaitQueue()
+        self.batcher = Batcher(self)
         self._source = source
         self._lock = threading.Lock()
         self._request_ids = itertools.count()
-        self._info: EndpointInfo | None = None
-        self._deleted = False  # the controller published this endpoint as gone
-        self._only_backend: str | None = None  # the one backend with weight > 0, if so
-        self._policy: Router = make_policy("round_robin")
-        self._policy_key: tuple[str, bytes | None] = ("round_robin", None)
-        self._replicas: dict[str, tuple[ReplicaInfo, ...]] = {}
-        self._configs: dict[str, BackendConfig] = {}
-        self._slots = SlotTable(clock.monotonic)
-        self._dead: set[str] = set()
-        self._backoff = backoff if backoff is not None else ReplicaBackoff(clock=clock.monotonic)
         self._backoff_end_pending = False  # a timer will wake the queue when a hold ends
-        self._live_cache: dict[str, list[ReplicaInfo]] = {}
-        self._queue: WaitQueue[_Waiter] = WaitQueue()
-        self._sessions: collections.OrderedDict[str, str] = collections.OrderedDict()
-        # requests holding a slot; weak, so one dropped unread is freed by its __del__
-        self._running: weakref.WeakSet[Response] = weakref.WeakSet()
-        self._batcher = Batcher(self)
+        self._running: dict[RoutedRequest, None] = {}  # requests holding a slot (insertion order)
         self._subscriptions: dict[str, Any] = {}
-        self._policy.load = self._load
         self._subscribe(keys.endpoint(endpoint), self._on_endpoint)
 
     def next_request_id(self) -> str:
@@ -150,60 +112,46 @@ class EndpointRouter:
 
     @property
     def endpoint_info(self) -> EndpointInfo | None:
-        return self._info
+        return self.view.info
 
     @property
     def source(self) -> ConfigSource:
         return self._source
 
-    # -- config updates (any thread) ----------------------------------------------------
+    # -- config updates (any thread) ----------------------------------------------------------
     def _subscribe(self, key: str, callback: Any) -> None:
         if key not in self._subscriptions:
             self._subscriptions[key] = None  # reserved before a synchronous first callback
             self._subscriptions[key] = self._source.subscribe(key, callback)
 
     def _on_endpoint(self, info: EndpointInfo | None) -> None:
-        policy = None
-        if info is not None and (info.router, info.router_blob) != self._policy_key:
-            policy = make_policy(info.router, info.router_blob)  # user code: outside the lock
-            policy.load = self._load
+        policy = self.view.policy_for(info) if info is not None else None  # user code: unlocked
         with self._lock:
-            self._info = info
-            self._deleted = info is None  # a value of None is published only for a deleted endpoint
-            weighted = [b for b, w in info.traffic.items() if w > 0] if info is not None else []
-            self._only_backend = weighted[0] if len(weighted) == 1 else None
-            if info is not None and policy is not None:
-                self._policy = policy
-                self._policy_key = (info.router, info.router_blob)
+            used = self.view.set_endpoint(info, policy)
             self._wake_all_locked()
-        if info is not None:
-            for backend in sorted(set(info.traffic) | set(info.shadows)):
-                self._subscribe(keys.replicas(backend), self._replicas_callback(backend))
-                self._subscribe(keys.backend_config(backend), self._config_callback(backend))
+        if info is None:
+            return
+        for backend in sorted(used):
+            self._subscribe(keys.replicas(backend), functools.partial(self._on_replicas, backend))
+            self._subscribe(keys.backend_config(backend), functools.partial(self._on_config, backend))
+        for key in [k for k in self._subscriptions if k != keys.endpoint(self.endpoint)
+                    and k.split(":", 1)[1] not in used]:
+            token = self._subscriptions.pop(key)  # a backend that left the endpoint
+            if token is not None:
+                self._source.unsubscribe(token)
 
-    def _replicas_callback(self, backend: str) -> Any:
-        def on_replicas(replicas: tuple[ReplicaInfo, ...] | None) -> None:
-            replicas = tuple(replicas or ())
-            with self._lock:
-                listed = {r.actor_name for b, rs in self._replicas.items() if b != backend for r in rs}
-                listed.update(r.actor_name for r in replicas)
-                self._dead &= listed  # forget the dead the controller dropped; hide the others
-                self._backoff.keep_only(listed)
-                self._slots.keep_only(listed)
-                self._replicas[backend] = replicas
-                self._live_cache.clear()
-                self._wake_all_locked()
-        return on_replicas
+    def _on_replicas(self, backend: str, replicas: tuple[ReplicaInfo, ...] | None) -> None:
+        with self._lock:
+            if self.view.info is not None and backend not in self.view.info.traffic \
+                    and backend not in self.view.info.shadows:
+                return  # a late update of a backend the endpoint no longer uses
+            self.view.set_replicas(backend, tuple(replicas or ()))
+            self._wake_all_locked()
 
-    def _config_callback(self, backend: str) -> Any:
-        def on_config(info: BackendInfo | None) -> None:
-            with self._lock:
-                if info is None:
-                    self._configs.pop(backend, None)
-                else:
-                    self._configs[backend] = info.config
-                self._wake_all_locked()
-        return on_config
+    def _on_config(self, backend: str, info: BackendInfo | None) -> None:
+        with self._lock:
+            self.view.set_config(backend, info.config if info is not None else None)
+            self._wake_all_locked()
 
     def close(self) -> None:
         """Stop following config (the router's client shut down)."""
@@ -212,443 +160,331 @@ class EndpointRouter:
                 self._source.unsubscribe(token)
         self._subscriptions.clear()
 
-    # -- picking (under the lock) -----------------------------------------------------------
-    def _load(self, replica: ReplicaInfo) -> int:
-        return self._slots.load(replica.actor_name)
+    # -- slots and the queue (under the lock) --------------------------------------------------
+    def _claim_locked(self, request: RoutedRequest, replica: ReplicaInfo) -> None:
+        self.view.slots.claim(replica.actor_name)
+        request.assign(replica)
+        self._running[request] = None
 
-    def _config(self, backend: str) -> BackendConfig:
-        return self._configs.get(backend, DEFAULT_CONFIG)
-
-    def _live(self, backend: str) -> list[ReplicaInfo]:
-        live = self._live_cache.get(backend)
-        if live is None:
-            dead = self._dead
-            backed_off = self._backoff.blocked() | self._slots.full.blocked()
-            live = [r for r in self._replicas.get(backend, ()) if r.actor_name not in dead
-                    and r.actor_name not in backed_off]
-            if not backed_off:  # a hold ends with time: not cached while one runs
-                self._live_cache[backend] = live
-        return live
-
-    def _backend_for(self, request: Response) -> str | None:
-        if request.backend is None:
-            if self._only_backend is not None:
-                request.backend = self._only_backend
-                return request.backend
-            info = self._info
-            if info is None or not info.traffic:
-                return None
-            key = request.session_id or request.shard_key
-            request.backend = weighted_pick(info.traffic,
-                                            key_fraction(key) if key is not None else random.random())
-        return request.backend
-
-    def _pinned(self, request: Response, replicas: list[ReplicaInfo]) -> ReplicaInfo | None:
-        """The one replica a keyed request must use (sessions; shard keys under consistent_hash)."""
-        if request.session_id is not None:
-            return rendezvous_pick(request.session_id, replicas)
-        if request.shard_key is not None and self._policy.hashes_keys:
-            return rendezvous_pick(request.shard_key, replicas)
-        return None
-
-    def _try_pick(self, request: Response) -> ReplicaInfo | None:
-        """Claim a slot on a replica for ``request``, or ``None`` if it must wait."""
-        backend = request.backend or self._backend_for(request)
-        if backend is None:
-            return None
-        replicas = self._live_cache.get(backend)
-        if replicas is None:
-            replicas = self._live(backend)
-        if not replicas:
-            return None
-        config = self._configs.get(backend)
-        if config is None:
-            return None  # its max_concurrent_queries is not known yet: wait for the config
-        limit = config.max_concurrent_queries
-        slots = self._slots
-        chosen = None
-        if request.session_id is not None or request.shard_key is not None:
-            chosen = self._pinned(request, replicas)
-        if chosen is not None:
-            if not slots.has_room(chosen.actor_name, limit):
-                return None
-            if request.session_id is not None:
-                self._track_session(request.session_id, chosen)
-        else:
-            free = [r for r in replicas if slots.has_room(r.actor_name, limit)]
-            if not free:
-                return None
-            policy = self._policy
-            chosen = free[0] if len(free) == 1 else policy.choose(
-                free, self._request_info(request) if policy.uses_request else NO_REQUEST)
-        self._claim_locked(request, chosen)
-        return chosen
-
-    def _claim_locked(self, request: Response, replica: ReplicaInfo) -> None:
-        self._slots.claim(replica.actor_name)
-        self._move(request, RequestState.ASSIGNED)
-        request.replica = replica
-        request.released = False
-        request.watched = False
-        self._running.add(request)
-
-    @staticmethod
-    def _move(request: Response, state: RequestState) -> None:
-        """The one place a request changes state (under the lock)."""
-        check(request.state, state)
-        request.state = state
-
-    def _request_info(self, request: Response) -> RequestInfo:
-        return RequestInfo(self.endpoint, request.method_name, request.session_id or request.shard_key,
-                           request.args)
-
-    def _track_session(self, session_id: str, replica: ReplicaInfo) -> None:
-        previous = self._sessions.get(session_id)
-        if previous != replica.actor_name:
-            if previous is not None:
-                self.stats.session_moves += 1
-            self._sessions[session_id] = replica.actor_name
-        self._sessions.move_to_end(session_id)
-        if len(self._sessions) > MAX_TRACKED_SESSIONS:
-            self._sessions.popitem(last=False)
-
-    def _fits(self, request: Response, replica: ReplicaInfo) -> bool:
-        """May ``request`` (queued) take a freed slot of ``replica``?"""
-        if self._backend_for(request) != replica.backend:
-            return False
-        if request.session_id is not None or request.shard_key is not None:
-            pinned = self._pinned(request, self._live(replica.backend))
-            if pinned is not None and pinned.actor_name != replica.actor_name:
-                return False
-        if request.session_id is not None:
-            self._track_session(request.session_id, replica)
-        return True
-
-    # -- slots and the queue (under the lock) ----------------------------------------------------
-    def _release_locked(self, request: Response, hand_over: bool = True) -> None:
-        """Free ``request``'s slot, once."""
-        replica = request.replica
-        if request.released or replica is None:
+    def _release_locked(self, request: RoutedRequest, hand_over: bool = True) -> None:
+        """Free ``request``'s slot, once; hand it to the first queued request that fits."""
+        replica = request.give_back_slot()
+        if replica is None:
             return
-        request.released = True
-        self._running.discard(request)
-        if hand_over:
-            self._free_slot_locked(replica)
-        else:
-            self._slots.release(replica.actor_name)
-
-    def _free_slot_locked(self, replica: ReplicaInfo) -> None:
-        """One slot of ``replica`` is free: hand it to the first queued request that may use it."""
-        name = replica.actor_name
-        self._slots.release(name)
-        if not self._queue or name in self._dead:
-            return
-        if not self._slots.has_room(name, self._config(replica.backend).max_concurrent_queries):
-            return  # the limit went down meanwhile
-        if not any(r.actor_name == name for r in self._live(replica.backend)):
-            return
-        # a waiter whose future is done timed out or was cancelled; its coroutine removes it
-        waiter = self._queue.take_first(
-            lambda w: not w.future.done() and self._fits(w.request, replica))
-        if waiter is not None:
-            self._claim_locked(waiter.request, replica)
-            _call_soon(waiter.loop, self._hand_over, waiter, replica)
-
-    def _hand_over(self, waiter: _Waiter, replica: ReplicaInfo | None) -> None:
-        """On the waiter's loop. A slot that arrives too late goes back (to the next one)."""
-        if not waiter.future.done():
-            waiter.future.set_result(replica)
-        elif replica is not None:
-            with self._lock:
-                self._release_locked(waiter.request)
+        self._running.pop(request, None)
+        self.view.slots.release(replica.actor_name)
+        if hand_over and self.queue and self.view.free_slot_taker_allowed(replica):
+            view = self.view
+            waiter = self.queue.take_first(
+                lambda w: w.request.state is RequestState.QUEUED and view.fits(w.request, replica))
+            if waiter is not None:
+                self._claim_locked(waiter.request, replica)
+                _wake(waiter)
 
     def _wake_all_locked(self) -> None:
         """Replicas, config or traffic changed: every queued request looks again."""
-        for waiter in self._queue.take_all():
-            _call_soon(waiter.loop, self._hand_over, waiter, None)
+        for waiter in self.queue.take_all():
+            _wake(waiter)
+
+    def _end_locked(self, request: RoutedRequest, state: RequestState, outcome: Outcome | None,
+                    failure: BaseException | None = None, ok: bool = True) -> bool:
+        """``request`` is final; its backend's figures count it (once)."""
+        if not request.end(state, outcome, failure):
+            return False
+        self._release_locked(request)
+        backend = request.backend
+        if outcome is not None and backend is not None:
+            latency = self.clock.monotonic() - request.started
+            self.stats.outcomes.ended(backend, outcome.value, latency, ok)
+        return True
 
     def _check_exists_locked(self) -> None:
-        if self._deleted:
+        if self.view.deleted:
             raise EndpointNotFoundError(
                 f"endpoint {self.endpoint!r} was deleted; create it again, or call an endpoint "
                 "that exists (client.list_endpoints())")
 
-    def _reserve_queue_slot(self, request: Response) -> None:
+    def _reserve_locked(self, request: RoutedRequest) -> None:
+        """Count ``request`` against its backend's ``max_queued_requests``, or refuse it."""
         backend = request.backend or UNKNOWN_BACKEND
-        if backend not in self._configs or backend not in self._replicas:
+        if backend not in self.view.configs or backend not in self.view.replicas:
             backend = UNKNOWN_BACKEND  # waiting to hear of the backend, not for its capacity
-        limit = self._config(backend).max_queued_requests
-        if not self._queue.reserve(backend, limit):
+        limit = self.view.config(backend).max_queued_requests
+        if not self.queue.reserve(backend, limit):
             self.stats.back_pressure_rejections += 1
-            raise BackPressureError(
-                f"endpoint {self.endpoint!r} has {self._queue.count(backend)} requests queued for "
+            retried = " (it was going again: its last replica failed or refused it)" \
+                if request.previous_replica is not None else ""
+            error = BackPressureError(
+                f"endpoint {self.endpoint!r} has {self.queue.count(backend)} requests queued for "
                 f"backend {backend or '(not yet known)'!r}, the limit (max_queued_requests) is "
-                f"{limit}; every replica is at max_concurrent_queries: retry later or add replicas")
-        request.queued_under = backend
-        self._move(request, RequestState.QUEUED)
+                f"{limit}{retried}; every replica is at max_concurrent_queries: retry later or add replicas")
+            self._end_locked(request, RequestState.FAILED, Outcome.REFUSED, error)
+            raise error
+        request.queue(backend)
 
-    def _unreserve_locked(self, request: Response) -> None:
-        if request.queued_under is not None:
-            self._queue.unreserve(request.queued_under)
-            request.queued_under = None
-
-    def _unwatched_locked(self) -> list[Response]:
+    def _unwatched_locked(self) -> list[RoutedRequest]:
         """Requests in flight whose completion nobody may look at soon.
 
-        A slot is normally freed when the caller reads the answer (``ray.get`` or ``await``
-        on the caller's thread: no extra callback per request). Once requests queue, a slot
-        must not wait for a caller that reads later (or never): every request in flight
-        then gets a completion callback that frees its slot.
+        A slot is normally freed when the caller reads the answer (no extra callback per
+        request). Once requests queue, a slot must not wait for a caller that reads later
+        (or never): every unary request in flight then gets a completion callback that
+        frees its slot. A stream frees its slot when it ends, is cancelled or is dropped.
         """
-        todo = [r for r in self._running if not r.watched and r.ref is not None]
+        everyone = bool(self.queue)
+        todo = [r for r in self._running if not r.watched and r.ref is not None and not r.stream
+                and (everyone or r.abandoned)]
         for request in todo:
             request.watched = True
         return todo
 
-    def _watch(self, requests: list[Response]) -> None:
+    def _watch(self, requests: list[RoutedRequest]) -> None:
         for request in requests:
             ref = request.ref
             if ref is not None:
                 self.transport.on_completed(ref, functools.partial(self._completed, request, ref))
 
-    def _completed(self, request: Response, ref: Any, value: Any) -> None:
+    def _completed(self, request: RoutedRequest, ref: Any, value: Any) -> None:
         """A watched attempt completed (on the transport's callback thread)."""
         if request.ref is not ref:
             return  # an old attempt
+        if request.batch is not None:
+            value = request.batch.item(value, request.batch_index)
         if isinstance(value, BaseException) and request.replica is not None and \
-                self.transport.classify(value, request.replica, request.producers) \
-                is not Failure.APPLICATION:
-            # retry now, even if nobody reads the answer yet: the loop decides
+                self.transport.classify(value, request.replica, request.producers) is not Failure.APPLICATION:
+            # retry now, even if nobody reads the answer yet
             loops.background_loop().call_soon_threadsafe(self.on_failure, request, value, ref)
             return
         with self._lock:
-            if request.replica is not None:
-                self._backoff.answered(request.replica.actor_name)
+            if request.replica is not None and request.holds_slot:
+                self.view.backoff.answered(request.replica.actor_name)
             self._release_locked(request)
 
-    # -- the request path --------------------------------------------------------------------
-    def submit(self, request: Response) -> None:
+    # -- the request path -------------------------------------------------------------------------
+    def submit(self, request: RoutedRequest) -> None:
         """Send now if a replica is free; else queue (or refuse with back-pressure)."""
-        info = self._info
+        info = self.view.info
         if info is not None and info.batch_size and not request.stream and not request.deps:
-            self._batcher.add(request, info.batch_size, info.batch_timeout_s)
+            request.batched = True
+            self.batcher.add(request, info.batch_size, info.batch_timeout_s)
             return
-        if request.deps and any(dep.ref is None for dep in request.deps):
-            # an argument is still queued: route once it has a replica (never blocks here)
-            request.waiting = loops.start(self._route_waiting(request, reserved=False),
-                                          f"serveplane-route-{request.request_id}")
-            return
+        sendable = not request.deps or all(d.ref is not None and not d.batched for d in request.deps)
         with self._lock:
-            replica = self._try_pick(request)
+            replica = self.view.pick(request) if sendable else None
             if replica is None:
                 self._check_exists_locked()
-                self._reserve_queue_slot(request)
+                self._reserve_locked(request)
                 unwatched = self._unwatched_locked()
+            else:
+                self._claim_locked(request, replica)
         if replica is not None:
             self._send(request)
-        else:
-            self._watch(unwatched)
-            request.waiting = loops.start(self._route_waiting(request, reserved=True),
-                                          f"serveplane-route-{request.request_id}")
+            return
+        self._watch(unwatched)
+        request.waiting = loops.start(self._route_waiting(request), f"serveplane-route-{request.request_id}")
 
-    def route_later(self, request: Response) -> Any:
-        """Route ``request`` on the caller's loop (or the background loop) when it can."""
-        return loops.start(self._route_waiting(request, reserved=False),
-                           f"serveplane-route-{request.request_id}")
+    def route_later(self, request: RoutedRequest) -> Any:
+        """Route ``request`` (no slot in its batch) on its own, counted against the queue."""
+        with self._lock:
+            try:
+                self._reserve_locked(request)
+            except BackPressureError as error:
+                done: concurrent.futures.Future = concurrent.futures.Future()
+                done.set_exception(error)
+                return done
+        return loops.start(self._route_waiting(request), f"serveplane-route-{request.request_id}")
 
-    async def _route_waiting(self, request: Response, reserved: bool, settle_deps: bool = False) -> None:
+    async def _route_waiting(self, request: RoutedRequest, settle_deps: bool = False) -> None:
         loop = asyncio.get_running_loop()
-        replica: ReplicaInfo | None = None
-        waiter: _Waiter | None = None
         try:
-            for dep in request.deps:
-                if settle_deps:
-                    await dep  # its own retries run; its error becomes ours
-                elif dep.ref is None:
-                    await dep.routed()
+            await self._settle_deps(request, settle_deps)
             while True:
-                remaining = request.queue_deadline - self.clock.monotonic()
                 with self._lock:
                     if request.state.final:  # cancelled while it waited: awaiters read .failure
                         return
-                    info = self._info
-                    if request.backend is not None and info is not None and \
-                            request.backend not in info.traffic:
-                        request.backend = None  # traffic moved while it waited
-                    replica = self._try_pick(request)
-                    if replica is None:
-                        self._check_exists_locked()  # deleted while it waited: fail now
-                    if replica is None and remaining > 0:
-                        if not reserved:
-                            backend = request.backend or UNKNOWN_BACKEND
-                            self._queue.reserve(backend, UNBOUNDED)  # retries are never refused
-                            request.queued_under = backend
-                            reserved = True
-                        if request.state is not RequestState.QUEUED:
-                            self._move(request, RequestState.QUEUED)
-                        waiter = _Waiter(request, loop)
-                        self._queue.append(waiter)
-                        unwatched = self._unwatched_locked()
-                if replica is not None:
-                    break
-                if waiter is None:
-                    self._expire_queued(request)
+                    if request.state is RequestState.ASSIGNED:
+                        break  # a freed slot was handed to it
+                    replica = self.view.pick(request)
+                    if replica is not None:
+                        self._claim_locked(request, replica)
+                        break
+                    self._check_exists_locked()  # deleted while it waited: fail now
+                    remaining = request.queue_deadline - self.clock.monotonic()
+                    if remaining <= 0:
+                        self._expire_locked(request)
+                    if request.queued_under is None:
+                        self._reserve_locked(request)  # a retry waits like any request
+                    waiter = _Waiter(request, loop)
+                    self.queue.append(waiter)
+                    unwatched = self._unwatched_locked()
                 self._watch(unwatched)
-                timer = loop.call_later(remaining, _expire, waiter.future)
+                timer = loop.call_later(remaining, _set_none, waiter.future)
                 try:
-                    replica = await waiter.future
+                    await waiter.future
                 finally:
                     timer.cancel()
-                    self._forget(waiter)
-                waiter = None
-                if replica is not None:
-                    break
-        except BaseException:
-            if waiter is not None:
-                self._forget(waiter)
-                if _handed_over(waiter.future) is not None:
-                    with self._lock:  # cancelled just after a slot was handed over: give it back
-                        self._release_locked(request)
+                    with self._lock:
+                        self.queue.remove(waiter)
+        except BaseException as error:
+            with self._lock:
+                if isinstance(error, (asyncio.CancelledError, RequestCancelledError)):
+                    self._release_locked(request)  # the canceller ends it
+                elif not request.state.final:
+                    self._end_locked(request, RequestState.FAILED, Outcome.FAILED, error)
             raise
         finally:
-            if reserved:
-                with self._lock:
-                    self._unreserve_locked(request)
-        if request.state.final:  # cancelled as the slot arrived: awaiters read .failure
-            self.release(request)
-            return
+            with self._lock:
+                backend = request.unreserve()
+                if backend is not None:
+                    self.queue.unreserve(backend)
         self._send(request)
 
-    def _expire_queued(self, request: Response) -> NoReturn:
+    async def _settle_deps(self, request: RoutedRequest, settle: bool) -> None:
+        """Wait until every ``Response`` argument is sent; with ``settle`` (an argument's
+        producer died) or for a router-side batch's answer (its ref holds every caller's
+        answer), until it is final: its own value is then passed on. Its error is ours."""
+        for dep in _responses_in(request.args, request.kwargs):
+            if dep.request.batched:
+                request.settled[id(dep)] = await dep  # put in the object store once
+            elif settle:
+                await dep  # its final attempt's ref is passed on, not the value
+            else:
+                await dep.routed()
+
+    def _expire_locked(self, request: RoutedRequest) -> NoReturn:
         """Its deadline passed while it waited for a slot: it fails and never runs."""
-        with self._lock:
-            if request.state.final:
-                raise request.failure or RequestCancelledError(f"{request!r} was cancelled")
-            what = "deadline" if request.deadline is not None else "queue timeout"
-            request.failure = NoReplicasError(
-                f"no replica of endpoint {self.endpoint!r} (backend "
-                f"{request.backend or '(not yet known)'!r}) had a free slot within "
-                f"{request.queue_timeout_s:.3g}s ({what}); it never ran: check that the backend has "
-                "running replicas, or raise timeout_s")
-            self._move(request, RequestState.FAILED)
-        raise request.failure
+        what = "deadline" if request.deadline is not None else "queue timeout"
+        error = NoReplicasError(
+            f"no replica of endpoint {self.endpoint!r} (backend {request.backend or '(not yet known)'!r}) "
+            f"had a free slot within {request.queue_timeout_s:.3g}s ({what}); it never ran: check that the "
+            "backend has running replicas, or raise timeout_s")
+        self._end_locked(request, RequestState.FAILED, Outcome.EXPIRED, error)
+        raise error
 
-    def _forget(self, waiter: _Waiter) -> None:
-        with self._lock:
-            self._queue.remove(waiter)
-
-    def _send(self, request: Response) -> None:
+    def _send(self, request: RoutedRequest) -> None:
         """One actor call on the replica ``request`` has claimed."""
         replica = request.replica
         assert replica is not None
         request.attempts += 1
-        meta = RequestMetadata(request.request_id, self.endpoint, request.method_name,
-                               request.session_id, request.shard_key, http=request.http,
-                               http_method=request.http_method, http_headers=request.http_headers,
-                               deadline=request.wall_deadline)
+        meta = request.metadata()
         if tracing.ENABLED:
             meta = tracing.route_span(request, self.endpoint, replica, meta)
-        if request.deps:
-            args, kwargs = request.resolved_args()
-            request.producers = request.argument_producers()
-        else:
-            args, kwargs = request.args, request.kwargs
         try:
+            args, kwargs = self._arguments(request)
             if request.stream:
                 ref = self.transport.send_stream(replica, meta, args, kwargs)
             else:
                 ref = self.transport.send(replica, meta, args, kwargs)
-        except BaseException:
+        except BaseException as error:
             with self._lock:
-                self._release_locked(request)
-                self._move(request, RequestState.FAILED)
+                self._end_locked(request, RequestState.FAILED, Outcome.FAILED, error)
             raise
         with self._lock:
-            if request.state is RequestState.CANCELLED:  # cancelled while it was being sent
+            if request.state.final:  # cancelled while it was being sent
                 self.transport.cancel(ref)
                 return
-            self._move(request, RequestState.RUNNING)
-            request.ref = ref
+            request.sent(ref)
+            unwatched = self._unwatched_locked() if (self.queue or request.abandoned) and not request.stream else []
         self.stats.requests[replica.backend] += 1
-        if self._queue and not request.stream:
-            with self._lock:
-                unwatched = self._unwatched_locked()
-            self._watch(unwatched)
+        self._watch(unwatched)
         if request.attempts == 1:
-            info = self._info
+            info = self.view.info
             if info is not None and info.shadows:
                 fire_shadows(self, request, info.shadows, args, kwargs)
 
-    def detach(self, request: Response) -> None:
+    def _arguments(self, request: RoutedRequest) -> tuple[tuple, dict]:
+        """``Response`` arguments become the refs of their current attempts (a batched one,
+        its own answer put in the object store): values go replica to replica."""
+        if not request.deps:
+            return request.args, request.kwargs
+        request.producers = tuple(p for p in (d.replica if d.ref is not None else d.previous_replica
+                                              for d in request.deps) if p is not None)
+        return _resolved(request.args, request, self.transport), {
+            k: _resolved((v,), request, self.transport)[0] for k, v in request.kwargs.items()}
+
+    def detach(self, request: RoutedRequest) -> None:
         """The caller took ``request``'s ``ObjectRef`` and reads the answer itself (Ray Serve
         1.x's ``ray.get(handle.remote())``): no retry; when the call completes its slot is
         freed, a replica that died is hidden and shadows are compared."""
         ref = request.ref
         with self._lock:
             if not request.state.final:
-                self._move(request, RequestState.DONE)
+                request.end(RequestState.DONE, None)
             request.watched = True
         self.transport.on_completed(ref, functools.partial(self._detached_done, request))
 
-    def _detached_done(self, request: Response, value: Any) -> None:
+    def _detached_done(self, request: RoutedRequest, value: Any) -> None:
         replica = request.replica
         failure = Failure.APPLICATION
         if isinstance(value, BaseException) and replica is not None:
             failure = self.transport.classify(value, replica, request.producers)
-        if failure is Failure.REPLICA_DIED and replica is not None:
-            self.mark_dead(replica)
-        elif failure is Failure.REPLICA_UNAVAILABLE and replica is not None:
-            self.back_off(replica)
         with self._lock:
-            if failure is Failure.APPLICATION and replica is not None:
-                self._backoff.answered(replica.actor_name)
+            if failure is Failure.REPLICA_DIED and replica is not None:
+                self._hide_locked(replica)
+            elif failure is Failure.REPLICA_UNAVAILABLE and replica is not None:
+                self._back_off_locked(replica)
+            elif replica is not None:
+                self.view.backoff.answered(replica.actor_name)
             self._release_locked(request)
-        shadows, request.shadows = request.shadows, []
-        for shadow in shadows:
-            shadow.on_primary(value)
+            if replica is not None:
+                self.stats.outcomes.ended(replica.backend, (
+                    Outcome.ANSWERED if failure is Failure.APPLICATION else Outcome.REPLICA_FAILED).value,
+                    self.clock.monotonic() - request.started, not isinstance(value, BaseException))
+        self.report_to_shadows(request, value)
 
-    def finish(self, request: Response) -> None:
+    def finish(self, request: RoutedRequest, ok: bool = True) -> None:
         """The caller read the answer (value or application error): free the slot, once."""
         with self._lock:
-            if not request.state.final:
-                self._move(request, RequestState.DONE)
-            if request.replica is not None:
-                name = request.replica.actor_name
-                self._backoff.answered(name)
-                self._slots.answered(name)
-                self.stats.outcomes.answered(request.replica.backend, self.clock.monotonic() - request.started, True)
-            self._release_locked(request)
+            replica = request.replica
+            if replica is not None and request.holds_slot:
+                self.view.backoff.answered(replica.actor_name)
+                self.view.slots.answered(replica.actor_name)
+            self._end_locked(request, RequestState.DONE, Outcome.ANSWERED, ok=ok)
 
-    def streaming(self, request: Response) -> None:
-        """A stream delivered its first chunk: from now on it is never retried."""
+    def streaming(self, request: RoutedRequest) -> None:
+        """A stream delivered chunks: from the first on it is never retried."""
         with self._lock:
-            if request.state is RequestState.RUNNING:
-                self._move(request, RequestState.STREAMING)
+            request.first_chunk()
 
-    def cancel(self, request: Response, error: BaseException | None = None) -> bool:
-        """Cancel ``request``: queued, it never reaches a replica; running, its replica's call
-        is cancelled; either way its slot is free at once. ``error`` is what its awaiters get
-        (``RequestCancelledError`` by default; a deadline gives ``RequestTimeoutError``).
-        Returns False if the request was already final."""
+    def cancel(self, request: RoutedRequest, error: BaseException | None = None, *,
+               timed_out: bool = False) -> bool:
+        """Cancel ``request``: queued, it never reaches a replica; running, its call is
+        cancelled (a batch's only when all of it is); its slot is free at once. ``error`` is
+        what its awaiters get. Returns False if the request was already final."""
         with self._lock:
-            if request.state.final:
-                return False
-            request.failure = error or RequestCancelledError(
+            failure = error or RequestCancelledError(
                 f"request {request.request_id} to endpoint {self.endpoint!r} was cancelled")
-            self._move(request, RequestState.CANCELLED)
+            outcome: Outcome | None = Outcome.TIMED_OUT if timed_out else Outcome.CANCELLED
+            if request.state is RequestState.QUEUED and timed_out:
+                outcome = Outcome.EXPIRED
+            if request.ref is None and request.state is not RequestState.ASSIGNED and not request.backend:
+                outcome = None  # it never reached a backend
+            if not self._end_locked(request, RequestState.CANCELLED, outcome, failure):
+                return False
             self.stats.cancelled += 1
-            ref = request.ref
-            self._release_locked(request)
-            waiters = [w for w in self._queue if w.request is request]
-            for waiter in waiters:
-                self._queue.remove(waiter)
-                _call_soon(waiter.loop, self._hand_over, waiter, None)
-            request.shadows = []  # nothing to compare a cancelled answer with
+            for waiter in [w for w in self.queue if w.request is request]:
+                self.queue.remove(waiter)
+                _wake(waiter)
+            ref, batch = request.ref, request.batch
+            if batch is not None and not batch.all_final():
+                ref = None  # its batch-mates still want their answers
         if ref is not None:
             self.transport.cancel(ref)
         return True
 
-    def on_failure(self, request: Response, error: BaseException, failed_ref: Any) -> BaseException | None:
+    def dropped(self, request: RoutedRequest) -> None:
+        """Its ``Response`` was dropped unread: a stream is cancelled (its generator stops);
+        a unary call still runs, and its slot is freed when the call completes."""
+        if request.state.final:
+            return
+        if request.stream:
+            self.cancel(request)
+            return
+        with self._lock:
+            request.abandoned = True
+            unwatched = self._unwatched_locked()
+        self._watch(unwatched)
+
+    def on_failure(self, request: RoutedRequest, error: BaseException, failed_ref: Any) -> BaseException | None:
         """Decide what a failed attempt means (``decision.decide``), then act.
 
         Returns the error the caller gets, or ``None`` when the request goes on (it is being
@@ -657,98 +493,60 @@ class EndpointRouter:
         """
         with self._lock:
             if request.state.final:
-                return request.failure or error
+                return request.failure or for_caller(error, request)
             if request.ref is not failed_ref:
                 return None  # another awaiter already re-routed this attempt
             replica = request.replica
-            kind = (self.transport.classify(error, replica, request.producers)
-                    if replica is not None else Failure.APPLICATION)
-            assert replica is not None or kind is Failure.APPLICATION
-            config = self._config(replica.backend) if replica is not None else DEFAULT_CONFIG
+            assert replica is not None
+            kind = self.transport.classify(error, replica, request.producers)
+            config = self.view.config(replica.backend)
             decision = decide(kind, idempotent=config.idempotent, retries_done=request.attempts - 1,
                               max_retries=config.max_retries, has_deps=bool(request.deps),
                               chunks_delivered=request.chunks)
             if decision.verdict is Verdict.ANSWER:
-                self._move(request, RequestState.DONE)
-                if replica is not None:
-                    self._backoff.answered(replica.actor_name)  # it ran the user's code
-                    self._slots.answered(replica.actor_name)
-                    self.stats.outcomes.answered(replica.backend, self.clock.monotonic() - request.started, False)
-                self._release_locked(request)
-                return error
-            assert replica is not None
+                if request.holds_slot:
+                    self.view.backoff.answered(replica.actor_name)  # it ran the user's code
+                    self.view.slots.answered(replica.actor_name)
+                failure = for_caller(error, request)
+                self._end_locked(request, RequestState.DONE, Outcome.ANSWERED, failure, ok=False)
+                return failure
+            self._release_locked(request, hand_over=kind is Failure.DEPENDENCY_DIED)
             if kind is Failure.REPLICA_DIED:
-                self._release_locked(request, hand_over=False)
                 self._hide_locked(replica)
             elif kind is Failure.REPLICA_UNAVAILABLE:
-                self._release_locked(request, hand_over=False)
                 self._back_off_locked(replica)
             elif kind is Failure.REPLICA_FULL:
-                self._release_locked(request, hand_over=False)
-                self._hold_full_locked(replica)
-            else:
-                self._release_locked(request)
+                self.view.slots.refused(replica.actor_name)
+                self.view.changed()
+                self._schedule_backoff_end_locked()
             if decision.verdict is Verdict.FAIL:
-                self._move(request, RequestState.FAILED)
                 if kind is Failure.DEPENDENCY_DIED:
-                    request.failure = error
-                else:
-                    self.stats.outcomes.replica_failed(replica.backend)
-                    what = "died" if kind is Failure.REPLICA_DIED else "became unreachable"
-                    request.failure = ReplicaDiedError(
-                        f"replica {replica.actor_name} {what} while running a request of endpoint "
-                        f"{self.endpoint!r}; not retried because {decision.why}")
-                    request.failure.__cause__ = error
-                return request.failure
+                    self._end_locked(request, RequestState.FAILED, Outcome.FAILED, error)
+                    return error
+                what = "died" if kind is Failure.REPLICA_DIED else "became unreachable"
+                failure = ReplicaDiedError(
+                    f"replica {replica.actor_name} {what} while running a request of endpoint "
+                    f"{self.endpoint!r}; not retried because {decision.why}")
+                failure.__cause__ = error
+                self._end_locked(request, RequestState.FAILED, Outcome.REPLICA_FAILED, failure)
+                return failure
             if decision.verdict is Verdict.TRY_ELSEWHERE:
                 request.attempts -= 1  # it never ran there: not a retry
                 self.stats.refused += 1
             else:
                 self.stats.retries += 1
             placeholder: concurrent.futures.Future = concurrent.futures.Future()
-            request.waiting = placeholder  # before ref=None: awaiters never see neither
-            request.previous_ref = failed_ref
-            request.previous_replica = replica
-            request.ref = None
-            request.replica = None
-            request.batch_index = None  # retried on its own
-            request.batch = None
-        self._reroute(request, placeholder, settle_deps=kind is Failure.DEPENDENCY_DIED)
-        return None
-
-    def _reroute(self, request: Response, placeholder: concurrent.futures.Future,
-                 settle_deps: bool) -> None:
-        if not settle_deps:
-            try:
-                with self._lock:
-                    replica = self._try_pick(request)
-                if replica is not None:
-                    self._send(request)
-                    placeholder.set_result(None)
-                    return
-            except BaseException as exc:  # noqa: BLE001 - the awaiters get it
-                placeholder.set_exception(exc)
-                return
-        routing = loops.start(self._route_waiting(request, reserved=False, settle_deps=settle_deps),
+            request.retry(failed_ref, placeholder)
+        routing = loops.start(self._route_waiting(request, settle_deps=kind is Failure.DEPENDENCY_DIED),
                               f"serveplane-retry-{request.request_id}")
         routing.add_done_callback(lambda done: loops.copy_outcome(done, placeholder))
-
-    def _hold_full_locked(self, replica: ReplicaInfo) -> None:
-        """``replica`` refused a request (full across routers, or draining): skip it briefly."""
-        self._slots.refused(replica.actor_name)
-        self._live_cache.clear()
-        self._schedule_backoff_end_locked()
+        return None
 
     def _hide_locked(self, replica: ReplicaInfo) -> None:
-        if any(r.actor_name == replica.actor_name for r in self._replicas.get(replica.backend, ())):
-            if replica.actor_name not in self._dead:
-                self._dead.add(replica.actor_name)
-                self._live_cache.clear()
-                logger.info("replica %s of endpoint %r died; routing around it",
-                            replica.actor_name, self.endpoint)
-                if self.controller_name is not None:
-                    report_replica_died(self.controller_name, self.namespace, replica.backend,
-                                        replica.actor_name)
+        if self.view.mark_dead(replica):
+            logger.info("replica %s of endpoint %r died; routing around it", replica.actor_name, self.endpoint)
+            if self.controller_name is not None:
+                report_replica_died(self.controller_name, self.namespace, replica.backend, replica.actor_name)
         self._wake_all_locked()
 
     def mark_dead(self, replica: ReplicaInfo) -> None:
@@ -761,102 +559,95 @@ class EndpointRouter:
             self._back_off_locked(replica)
 
     def _back_off_locked(self, replica: ReplicaInfo) -> None:
-        period = self._backoff.unavailable(replica.actor_name)
-        self._live_cache.clear()
+        period = self.view.backoff.unavailable(replica.actor_name)
+        self.view.changed()
         logger.info("replica %s of endpoint %r is unreachable; skipping it for %.2fs",
                     replica.actor_name, self.endpoint, period)
         self._schedule_backoff_end_locked()
 
     def _schedule_backoff_end_locked(self) -> None:
         """Wake the queue when the first backoff period ends (queued requests may use it)."""
-        ends = [t for t in (self._backoff.next_end_in(), self._slots.full.next_end_in()) if t is not None]
-        remaining = min(ends) if ends else None
-        if remaining is None or self._backoff_end_pending:
+        view = self.view
+        ends = [t for t in (view.backoff.next_end_in(), view.slots.full.next_end_in()) if t is not None]
+        if not ends or self._backoff_end_pending:
             return
         self._backoff_end_pending = True
         loop = loops.background_loop()
-        loop.call_soon_threadsafe(loop.call_later, remaining, self._on_backoff_end)
+        loop.call_soon_threadsafe(loop.call_later, min(ends), self._on_backoff_end)
 
     def _on_backoff_end(self) -> None:
         with self._lock:
             self._backoff_end_pending = False
-            self._live_cache.clear()
+            self.view.changed()
             self._wake_all_locked()
             self._schedule_backoff_end_locked()  # the next period (or this one, if the timer ran early)
 
-    # -- used by the batcher and shadows ------------------------------------------------------
-    def claim_for_batch(self, batch: list[Response]) -> tuple[
-            list[tuple[ReplicaInfo, list[Response]]], list[Response], list[Response]]:
+    # -- used by the batcher and shadows --------------------------------------------------------
+    def claim_for_batch(self, batch: list[RoutedRequest]) -> tuple[
+            list[tuple[ReplicaInfo, list[RoutedRequest]]], list[RoutedRequest]]:
         """Slots for a gathered batch, each request picked on its own: the requests grouped
-        by replica, those that must wait, and those cancelled while they were gathered."""
-        groups: dict[str, tuple[ReplicaInfo, list[Response]]] = {}
-        waiting, cancelled = [], []
+        by replica, and those that must wait (those cancelled meanwhile are left out)."""
+        groups: dict[str, tuple[ReplicaInfo, list[RoutedRequest]]] = {}
+        waiting = []
         with self._lock:
             for request in batch:
                 if request.state.final:
-                    cancelled.append(request)
                     continue
-                replica = self._try_pick(request)
+                replica = self.view.pick(request)
                 if replica is None:
                     waiting.append(request)
                 else:
+                    self._claim_locked(request, replica)
                     groups.setdefault(replica.actor_name, (replica, []))[1].append(request)
-        return list(groups.values()), waiting, cancelled
+        return list(groups.values()), waiting
 
-    def sent_batch(self, batch: list[Response], ref: Any) -> None:
+    def sent_batch(self, batch: list[RoutedRequest], ref: Any) -> None:
         """The requests of ``batch`` are running as one call (``ref`` answers them all)."""
-        cancelled = False
-        call = BatchCall(ref)
+        call = BatchCall(ref, batch)
         with self._lock:
             for index, request in enumerate(batch):
                 request.batch_index = index
                 request.batch = call
                 request.attempts = 1
-                if request.state.final:  # cancelled while it was sent: its slot is free already
-                    cancelled = True
-                    continue
-                request.backend = request.replica.backend if request.replica is not None else request.backend
-                self._move(request, RequestState.RUNNING)
-                request.ref = ref
-        if cancelled and all(r.state.final for r in batch):
+                if not request.state.final:  # one cancelled while it was sent: slot freed already
+                    request.sent(ref)
+            cancel = call.all_final()
+        if cancel:
             self.transport.cancel(ref)
 
-    def fail(self, request: Response, error: BaseException) -> None:
+    def fail(self, request: RoutedRequest, error: BaseException) -> None:
         """``request`` failed before it ran (its send raised): free its slot."""
         with self._lock:
-            self._release_locked(request)
-            request.failure = error
-            if not request.state.final:
-                self._move(request, RequestState.FAILED)
+            self._end_locked(request, RequestState.FAILED, Outcome.FAILED, error)
 
-    def release(self, request: Response) -> None:
+    def release(self, request: RoutedRequest) -> None:
         with self._lock:
             self._release_locked(request)
 
     def claim_for_shadow(self, backend: str) -> ReplicaInfo | None:
         """The least loaded replica of ``backend`` with a free slot, claimed; shadows never wait."""
         with self._lock:
-            limit = self._config(backend).max_concurrent_queries
-            free = [r for r in self._live(backend) if self._slots.has_room(r.actor_name, limit)]
-            if not free:
-                return None
-            replica = min(free, key=self._load)
-            self._slots.claim(replica.actor_name)
+            replica = self.view.shadow_replica(backend)
+            if replica is not None:
+                self.view.slots.claim(replica.actor_name)
             return replica
 
     def release_shadow(self, replica: ReplicaInfo) -> None:
         with self._lock:
-            self._free_slot_locked(replica)
+            self.view.slots.release(replica.actor_name)
+            if self.queue:
+                self._wake_all_locked()
 
-    # -- fanout ----------------------------------------------------------------------------------
+    def report_to_shadows(self, request: RoutedRequest, outcome: Any) -> None:
+        shadows, request.shadows = request.shadows, []
+        for shadow in shadows:
+            shadow.on_primary(outcome)
+
+    # -- fanout ---------------------------------------------------------------------------------
     def fanout_targets(self) -> list[ReplicaInfo]:
         """Every live replica of the backends that currently get traffic."""
         with self._lock:
-            info = self._info
-            if info is None:
-                return []
-            return [r for backend, weight in sorted(info.traffic.items()) if weight > 0
-                    for r in self._live(backend)]
+            return self.view.fanout_targets()
 
     def send_direct(self, replica: ReplicaInfo, method_name: str, args: tuple, kwargs: dict,
                     http: bool = False) -> Any:
@@ -865,56 +656,16 @@ class EndpointRouter:
 
     def forget_session(self, session_id: str) -> None:
         with self._lock:
-            self._sessions.pop(session_id, None)
+            self.view.sessions.pop(session_id, None)
 
-    # -- introspection -----------------------------------------------------------------------------
+    # -- introspection (figures.py) ---------------------------------------------------------------
     def load_report(self) -> dict[str, dict[str, float]]:
-        """Per backend: queued, in flight and request rate, for the controller's autoscaler."""
-        now = self.clock.monotonic()
         with self._lock:
-            rates = self.stats.rates(now)
-            report = {}
-            for backend, replicas in self._replicas.items():
-                report[backend] = {
-                    "queued": float(self._queue.count(backend)),
-                    "in_flight": float(self._slots.sum_of(r.actor_name for r in replicas)),
-                    "rate": rates.get(backend, 0.0),
-                }
-            waiting = self._queue.count(UNKNOWN_BACKEND)
-            if waiting and self._info is not None:
-                for backend in self._info.traffic:
-                    entry = report.setdefault(backend, {"queued": 0.0, "in_flight": 0.0, "rate": 0.0})
-                    entry["queued"] += waiting
-            return report
+            return load_report(self)
 
     def statistics(self) -> dict[str, Any]:
         with self._lock:
-            info = self._info
-            return {
-                "endpoint": self.endpoint,
-                "started_at": self.started_at,
-                "traffic": dict(info.traffic) if info else {},
-                "shadow_traffic": dict(info.shadows) if info else {},
-                "policy": self._policy_key[0],
-                "replicas": {b: [r.actor_name for r in self._live(b)] for b in self._replicas},
-                "dead_replicas": sorted(self._dead),
-                "backed_off_replicas": sorted(self._backoff.blocked()),
-                "in_flight": self._slots.total(),
-                "in_flight_by_replica": self._slots.by_replica(),
-                "full_replicas": sorted(self._slots.full.blocked()),
-                "queued": self._queue.total(),
-                "requests": sum(self.stats.requests.values()),
-                "requests_by_backend": dict(self.stats.requests),
-                "retries": self.stats.retries,
-                "refused_by_replicas": self.stats.refused,
-                "cancelled": self.stats.cancelled,
-                "session_moves": self.stats.session_moves,
-                "sessions": len(self._sessions),
-                "back_pressure_rejections": self.stats.back_pressure_rejections,
-                "shadows": {b: s.as_dict() for b, s in self.stats.shadows.items()},
-                "backends": self.stats.outcomes.as_dict(),
-                **self._batcher.statistics(),
-            }
+            return statistics(self)
 
     def __repr__(self) -> str:
         s = self.statistics()
@@ -925,19 +676,36 @@ class EndpointRouter:
                 f"in flight: {s['in_flight']} | queued: {s['queued']}]>")
 
 
-def _call_soon(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
+def _wake(waiter: _Waiter) -> None:
     try:
-        loop.call_soon_threadsafe(fn, *args)
+        waiter.loop.call_soon_threadsafe(_set_none, waiter.future)
     except RuntimeError:
         pass  # that loop is closed: its waiter is gone with it
 
 
-def _expire(future: asyncio.Future) -> None:
+def _set_none(future: asyncio.Future) -> None:
     if not future.done():
         future.set_result(None)
 
 
-def _handed_over(future: asyncio.Future) -> ReplicaInfo | None:
-    if future.done() and not future.cancelled():
-        return future.result()
-    return None
+def _responses_in(args: tuple, kwargs: dict) -> list[Any]:
+    from serveplane.router.response import Response  # the caller's side; no import at load
+
+    return [v for v in (*args, *kwargs.values()) if isinstance(v, Response)]
+
+
+def _resolved(values: tuple, request: RoutedRequest, transport: Transport) -> tuple:
+    """Responses among ``values`` become the refs of their current attempts, or their
+    settled answers put in the object store."""
+    from serveplane.router.response import Response
+
+    out = []
+    for value in values:
+        if isinstance(value, Response):
+            settled = request.settled.get(id(value), _UNSET)
+            value = transport.put(settled) if settled is not _UNSET else value.argument_ref()
+        out.append(value)
+    return tuple(out)
+
+
+_UNSET = object()

@@ -11,15 +11,17 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from serveplane import tracing
-from serveplane.records import ReplicaInfo, RequestMetadata
+from serveplane.records import ReplicaInfo
+from serveplane.router import loop as loops
 from serveplane.router.stats import ShadowOutcome
+from serveplane.router.streamwire import stream_items
 
 if TYPE_CHECKING:
-    from serveplane.router.response import Response
+    from serveplane.router.request import RoutedRequest
     from serveplane.router.router import EndpointRouter
 
 
-def fire_shadows(router: EndpointRouter, request: Response, shadows: dict[str, float],
+def fire_shadows(router: EndpointRouter, request: RoutedRequest, shadows: dict[str, float],
                  args: tuple, kwargs: dict) -> None:
     for backend, proportion in shadows.items():
         if random.random() >= proportion:
@@ -34,28 +36,52 @@ def fire_shadows(router: EndpointRouter, request: Response, shadows: dict[str, f
             continue
         outcome = ShadowOutcome(stats, router.stats_lock, router.clock.monotonic)
         request.shadows.append(outcome)
-        meta = RequestMetadata(request.request_id, router.endpoint, request.method_name,
-                               request.session_id, request.shard_key, is_shadow=True,
-                               http=request.http)
+        meta = request.metadata(is_shadow=True)  # its deadline, session and shard key too
         if tracing.ENABLED:
             meta = tracing.shadow_span(meta, request.trace, backend, replica)
+        done = _Done(router, replica, outcome)
         try:
+            if request.stream:  # a stream's shadow is a stream, read whole and compared whole
+                stream = router.transport.send_stream(replica, meta, args, kwargs)
+                loops.start(_read_shadow_stream(router.transport, stream, done),
+                            f"serveplane-shadow-{request.request_id}")
+                continue
             ref = router.transport.send(replica, meta, args, kwargs)
         except Exception as exc:  # noqa: BLE001 - a shadow never fails its primary
-            router.release_shadow(replica)
-            outcome.on_shadow(exc)
+            done(exc)
             continue
-        router.transport.on_completed(ref, _Done(router, replica, outcome))
+        router.transport.on_completed(ref, done)
+
+
+async def _read_shadow_stream(transport: Any, stream: Any, done: _Done) -> None:
+    """Read a shadow's stream to its end; its chunks, as one list, are its answer."""
+    chunks: list[Any] = []
+    try:
+        while True:
+            try:
+                chunk = await transport.next_chunk(stream)
+            except StopAsyncIteration:
+                break
+            chunks.extend(stream_items(chunk))
+    except BaseException as exc:  # noqa: BLE001 - a shadow never fails its primary
+        done(exc)
+        if not isinstance(exc, Exception):
+            raise
+        return
+    done(chunks)
 
 
 class _Done:
     __slots__ = ("router", "replica", "outcome")
 
-    def __init__(self, router: EndpointRouter, replica: ReplicaInfo, outcome: ShadowOutcome) -> None:
+    def __init__(self, router: EndpointRouter, replica: ReplicaInfo | None, outcome: ShadowOutcome) -> None:
         self.router = router
         self.replica = replica
         self.outcome = outcome
 
     def __call__(self, value: Any) -> None:
-        self.router.release_shadow(self.replica)
+        replica, self.replica = self.replica, None
+        if replica is None:
+            return  # once
+        self.router.release_shadow(replica)
         self.outcome.on_shadow(value)

@@ -84,11 +84,21 @@ class ShadowOutcome:
 
 
 class Outcomes:
-    """Per backend: answers, application errors, replica failures, and a latency histogram
-    (fixed log-spaced buckets, see rollout/histogram.py): cumulative counters, so the
-    controller gets any window by subtracting two reports and merges routers by adding."""
+    """Per backend: how every request that reached it ended, and a latency histogram of its
+    answers (fixed log-spaced buckets, see rollout/histogram.py): cumulative counters, so the
+    controller gets any window by subtracting two reports and merges routers by adding.
+
+    ``requests`` counts answers and replica failures (as before); the requests that never
+    answered are counted apart, so a rollout's guards see each kind: ``timed_out`` (its
+    deadline passed while it ran), ``cancelled`` (its caller went away), ``expired`` (it
+    waited for a slot past its deadline and never ran), ``refused`` (back-pressure) and
+    ``dependency_failed`` (an argument's error: not this backend's doing)."""
 
     __slots__ = ("_by_backend",)
+
+    # entry: requests, app errors, replica failures, histogram, latency sum, then the rest
+    _APART = ("timed_out", "cancelled", "expired", "refused", "dependency_failed")
+    _INDEX = {name: 5 + i for i, name in enumerate(_APART)}
 
     def __init__(self) -> None:
         self._by_backend: dict[str, list[Any]] = {}
@@ -96,7 +106,7 @@ class Outcomes:
     def _entry(self, backend: str) -> list[Any]:
         entry = self._by_backend.get(backend)
         if entry is None:
-            entry = self._by_backend[backend] = [0, 0, 0, [0] * N_BUCKETS, 0.0]
+            entry = self._by_backend[backend] = [0, 0, 0, [0] * N_BUCKETS, 0.0, *([0] * len(self._APART))]
         return entry
 
     def answered(self, backend: str, latency_s: float, ok: bool) -> None:
@@ -112,9 +122,19 @@ class Outcomes:
         entry[0] += 1
         entry[2] += 1
 
+    def ended(self, backend: str, outcome: str, latency_s: float, ok: bool = True) -> None:
+        """One request of ``backend`` ended with ``outcome`` (``request.Outcome``'s values)."""
+        if outcome == "answered":
+            self.answered(backend, latency_s, ok)
+        elif outcome == "replica_failed":
+            self.replica_failed(backend)
+        else:
+            self._entry(backend)[self._INDEX["dependency_failed" if outcome == "failed" else outcome]] += 1
+
     def as_dict(self) -> dict[str, dict[str, Any]]:
         return {b: {"requests": e[0], "app_errors": e[1], "replica_failures": e[2], "latency": list(e[3]),
-                    "latency_sum_s": e[4]} for b, e in self._by_backend.items()}
+                    "latency_sum_s": e[4], **{name: e[i] for name, i in self._INDEX.items()}}
+                for b, e in self._by_backend.items()}
 
 
 @dataclass

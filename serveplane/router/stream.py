@@ -20,10 +20,11 @@ from typing import Any, AsyncIterator, Iterator
 
 from ray.exceptions import GetTimeoutError
 
-from serveplane.replica.streaming import Chunks, StreamHandoff, StreamStart, Whole
+from serveplane.replica.streaming import StreamHandoff, StreamStart, Whole
 from serveplane.router import loop as loops
 from serveplane.router.response import Response
 from serveplane.router.state import RequestState
+from serveplane.router.streamwire import stream_items
 
 
 class _Chunked:
@@ -72,24 +73,28 @@ class ResponseStream(_Chunked, Response):
     # -- async ------------------------------------------------------------------------------
     async def next_batch(self) -> list:
         """The next chunks that arrived together (at least one); ``StopAsyncIteration`` at the end."""
-        router = self.router
+        router, request = self.router, self._request
         while True:
-            if self.state is RequestState.DONE:
+            if request.state is RequestState.DONE:
                 raise StopAsyncIteration
-            gen = self.ref
+            gen = request.ref
             if gen is None:
                 await self.routed()  # the queue enforces the deadline while it waits
                 continue
+            if request.state.final:
+                raise self._ended()
             try:
-                if self.deadline is None:
+                if request.deadline is None:
                     chunk = await router.transport.next_chunk(gen)
                 else:
-                    with loops.Deadline(self.deadline - self.router.clock.monotonic()):
+                    with loops.Deadline(request.deadline - router.clock.monotonic()):
                         chunk = await router.transport.next_chunk(gen)
             except loops.DeadlinePassed:
                 raise self._timed_out() from None
             except StopAsyncIteration:
-                router.finish(self)
+                if request.state.final and request.state is not RequestState.DONE:
+                    raise self._ended() from None
+                router.finish(request)
                 raise
             except asyncio.CancelledError:
                 self._caller_cancelled()
@@ -108,21 +113,23 @@ class ResponseStream(_Chunked, Response):
     def __next__(self) -> Any:
         if self._pending:
             return self._pending.popleft()
-        router = self.router
+        router, request = self.router, self._request
         while True:
-            if self.state is RequestState.DONE:
+            if request.state is RequestState.DONE:
                 raise StopIteration
-            remaining = None if self.deadline is None else max(0.0, self.deadline - self.router.clock.monotonic())
-            gen = self.ref
-            if gen is None:
-                if self.state.final and self.failure is not None:
-                    raise self.failure
+            remaining = None if request.deadline is None else max(0.0, request.deadline - router.clock.monotonic())
+            gen = request.ref
+            if gen is None or request.state.final:
+                if request.state.final:
+                    raise self._ended()
                 self._wait_routed_sync(remaining)
                 continue
             try:
                 chunk = router.transport.next_chunk_sync(gen, remaining)
             except StopIteration:
-                router.finish(self)
+                if request.state.final and request.state is not RequestState.DONE:
+                    raise self._ended() from None
+                router.finish(request)
                 raise
             except GetTimeoutError:
                 raise self._timed_out() from None
@@ -137,27 +144,19 @@ class ResponseStream(_Chunked, Response):
     # -- shared -----------------------------------------------------------------------------
     def _fail(self, exc: Exception, gen: Any) -> None:
         """Raise the caller's error, or return when the stream was sent again elsewhere."""
-        if self.state is RequestState.CANCELLED or self.state is RequestState.FAILED:
-            raise self.failure or exc
-        error = self.router.on_failure(self, exc, gen)
+        error = self._settle(exc, gen)
         if error is None:
             return  # retried before its first chunk
-        if error is exc:
-            raise exc
-        raise error from exc
+        raise error from (None if error is exc else exc)
 
     def _items(self, chunk: Any) -> list:
-        self.chunks += 1
-        if self.chunks == 1:
-            self.router.streaming(self)
-        if isinstance(chunk, Chunks):
-            return chunk.items
+        request = self._request
+        self.router.streaming(request)
         if isinstance(chunk, StreamStart):
             self.start = chunk
-            return []
-        if isinstance(chunk, Whole):  # the method returned one value, not a stream
+        elif isinstance(chunk, Whole):  # the method returned one value, not a stream
             self.whole = True
-        return [chunk.value] if isinstance(chunk, Whole) else [chunk]
+        return stream_items(chunk)
 
     def result(self, timeout: float | None = None) -> Any:
         raise TypeError("a ResponseStream has no single result: iterate it (for / async for)")
@@ -166,8 +165,9 @@ class ResponseStream(_Chunked, Response):
         raise TypeError("a ResponseStream cannot be awaited: iterate it with 'async for'")
 
     def __repr__(self) -> str:
-        return f"<ResponseStream {self.router.endpoint}.{self.method_name} ({self.state.value}, " \
-               f"{self.chunks} chunks)>"
+        request = self._request
+        return f"<ResponseStream {self.router.endpoint}.{request.method_name} ({request.state.value}, " \
+               f"{request.chunks} chunks)>"
 
 
 class HandoffStream(_Chunked):
@@ -177,7 +177,7 @@ class HandoffStream(_Chunked):
     def __init__(self, response: Response, handoff: StreamHandoff) -> None:
         self.start = handoff.start
         self._router = response.router
-        replica = response.replica
+        replica = response.request.replica
         if replica is None:
             raise RuntimeError(f"{response!r} has no replica to pull its stream from")
         self._gen = self._router.transport.pull_stream(replica, handoff.stream_id)
@@ -189,7 +189,7 @@ class HandoffStream(_Chunked):
         except asyncio.CancelledError:
             self.cancel()
             raise
-        return chunk.items if isinstance(chunk, Chunks) else [chunk]
+        return stream_items(chunk)
 
     def cancel(self) -> None:
         self._router.transport.cancel(self._gen)

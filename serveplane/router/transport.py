@@ -69,6 +69,9 @@ class Transport(Protocol):
         """Cancel the call behind ``ref`` (or a stream): the replica's task gets
         ``CancelledError``, or never starts."""
 
+    def put(self, value: Any) -> Any:
+        """A ref holding ``value`` (an argument already answered, passed on by reference)."""
+
     def get(self, ref: Any, timeout: float | None) -> Any: ...
 
     def on_completed(self, ref: Any, callback: Callable[[Any], None]) -> None: ...
@@ -129,6 +132,10 @@ class RayTransport:
             ray.cancel(ref, recursive=True)
         except Exception:  # noqa: BLE001 - already finished, or its owner is gone
             pass
+
+    @staticmethod
+    def put(value: Any) -> Any:
+        return ray.put(value)
 
     @staticmethod
     def get(ref: Any, timeout: float | None) -> Any:

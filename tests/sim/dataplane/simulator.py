@@ -83,6 +83,7 @@ class Request:
     refused_at_submit: bool = False
     chunks: list = dataclasses.field(default_factory=list)
     cancelled_at: float | None = None
+    routed: Any = None          # the router's record of it (RoutedRequest)
 
     def allowed(self, sim: DataPlaneSimulation) -> str | None:
         """Why this request's outcome is not one its history allows (``None``: it is)."""
@@ -102,7 +103,11 @@ class Request:
         if self.dep is not None and self.dep.outcome is not None and isinstance(self.dep.outcome, BaseException):
             return None  # its argument failed: that error (or its consequence) is its own
         if isinstance(out, BackPressureError):
-            return None if self.refused_at_submit else "back-pressure after the request was accepted"
+            # at submission; or when it waits again (a retry, a batch-mate without a slot)
+            waited_again = self.number in sim.world.troubled or self.number in sim.world.refused_jobs or (
+                self.routed is not None and
+                                                                 (self.routed.batched or self.routed.attempts))
+            return None if self.refused_at_submit or waited_again else "back-pressure after the request was accepted"
         if isinstance(out, UserTimeout):
             return None if self.job.fail == "timeout" else "a user TimeoutError it never raised"
         if isinstance(out, UserError):
@@ -322,6 +327,7 @@ class DataPlaneSimulation:
             args: tuple = (request.job,) if request.dep is None else (request.job, request.dep.response)
             try:
                 request.response = handle.remote(*args)
+                request.routed = request.response.request
             except BackPressureError as error:
                 request.refused_at_submit = True
                 request.outcome = error
@@ -460,6 +466,7 @@ class DataPlaneSimulation:
         while self.loop.now < end and any(r.admitted for r in self.world.replicas.values()):
             await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)  # backoff timers, batch flushes
+        gc.collect()
         self.check_idle()
 
     # -- invariants ---------------------------------------------------------------------------------------
@@ -478,7 +485,7 @@ class DataPlaneSimulation:
                 backend = name.split(":", 1)[1].split("#", 1)[0]
                 if load > self.most_mcq[backend] + 0:
                     self.fail(f"router {i} holds {load} slots on {name} (limit {self.most_mcq[backend]})")
-            for backend, count in router._queue.counts().items():
+            for backend, count in router.queue.counts().items():
                 if backend in self.configs and count > self.configs[backend].max_queued_requests:
                     self.fail(f"router {i} queues {count} requests for {backend}, "
                               f"max_queued_requests={self.configs[backend].max_queued_requests}")
@@ -519,9 +526,10 @@ class DataPlaneSimulation:
                 self.fail(f"replica {replica.name} still counts {replica.admitted} admitted calls when idle")
         for i, router in enumerate(self.routers):
             stats = router.statistics()
-            if stats["in_flight"] or stats["queued"] or len(router._queue):
+            if stats["in_flight"] or stats["queued"] or len(router.queue):
                 self.fail(f"router {i} is idle but holds {stats['in_flight']} slots and {stats['queued']} "
-                          f"queued ({len(router._queue)} waiters): {stats['in_flight_by_replica']}")
+                          f"queued ({len(router.queue)} waiters): {stats['in_flight_by_replica']}; holding: "
+                          f"{[(r, [q.number for q in self.requests if q.routed is r]) for r in router._running][:4]}")
             named = {keys.endpoint(ENDPOINT)} | {
                 key for b in set(self.endpoint.traffic) | set(self.endpoint.shadows)
                 for key in (keys.replicas(b), keys.backend_config(b))}
@@ -549,16 +557,25 @@ class DataPlaneSimulation:
             counted = 0
             for figures in router.statistics()["backends"].values():
                 counted += figures["requests"] + sum(
-                    figures.get(k, 0) for k in ("timed_out", "cancelled", "expired", "refused"))
-            reached = sum(1 for r in self.requests if r.router == i and r.kind != "fanout"
-                          and r.response is not None or (r.router == i and r.refused_at_submit))
+                    figures.get(k, 0) for k in ("timed_out", "cancelled", "expired", "refused", "dependency_failed"))
+            reached = sum(1 for r in self.requests if r.router == i and (
+                r.refused_at_submit or r.routed is not None and r.routed.backend is not None))
             if counted != reached:
-                self.fail(f"router {i} counted {counted} outcomes for {reached} requests: "
-                          f"{router.statistics()['backends']}")
+                uncounted = [(r.number, r.kind, r.behaviour, r.routed.state.value, _short(r.outcome))
+                             for r in self.requests if r.router == i and r.routed is not None
+                             and r.routed.backend is not None and r.routed.outcome is None]
+                import collections
+                tally = collections.Counter((r.routed.backend, r.routed.outcome.value) for r in self.requests
+                                            if r.router == i and r.routed is not None and r.routed.outcome)
+                self.fail(f"router {i} counted {counted} outcomes for {reached} requests; not counted: "
+                          f"{uncounted[:5]}; by request: {dict(tally)}; router: "
+                          f"{ {b: {k: v for k, v in f.items() if k != 'latency'} for b, f in router.statistics()['backends'].items()} }")
 
     # -- running ----------------------------------------------------------------------------------------------
     def run(self) -> dict[str, int]:
         previous = loops.use_background_loop(self.loop)
+        state = random.getstate()
+        random.seed(self.seed)  # the routers' own draws (weights, shadows, policies) replay too
         self.loop.set_exception_handler(self._unseen_error)
         self.seen_arrivals = 0
         try:
@@ -568,6 +585,7 @@ class DataPlaneSimulation:
             self.fail(str(exc))
         finally:
             loops.use_background_loop(previous)
+            random.setstate(state)
             for router in self.routers:
                 router.close()
             for task in asyncio.all_tasks(self.loop):

@@ -70,7 +70,8 @@ class _JumpingSelector(selectors.BaseSelector):
         if timeout is None:
             raise Stuck("nothing is ready and no timer is set: some wait never ends")
         assert self.loop is not None
-        self.loop.now += timeout
+        # at least a microsecond: a step below the float's resolution would never move time
+        self.loop.now += max(timeout, 1e-6)
         return []
 
     def get_map(self) -> Any:
@@ -379,7 +380,8 @@ class World:
         self.calls_made = 0
         self.cancels = 0
         self.arrivals: list[tuple[str | None, str]] = []  # (session id, replica) of each admitted call
-        self.troubled: set[int] = set()  # requests with a call its replica failed (died, unreachable)
+        self.troubled: set[int] = set()
+        self.refused_jobs: set[int] = set()  # requests a replica refused (full, draining, late)  # requests with a call its replica failed (died, unreachable)
         self.unreachable: collections.Counter[str] = collections.Counter()  # replica -> times
         self.log: list[str] = []
 
@@ -401,23 +403,24 @@ class World:
             self.trouble(call)
             call.end_with(ActorUnavailableError("unreachable (simulated)", bytes.fromhex(replica.actor_id)))
             return
-        if call.kind == "stream" and call.meta.request_id in self.chunked:
+        if call.kind == "stream" and not call.meta.is_shadow and call.meta.request_id in self.chunked:
             self.stream_sends_after_chunk.append(call.meta.request_id)
         n = len(call.jobs)
         refusal = replica.admit(call.meta, n)
         if refusal is not None:
+            if not call.meta.is_shadow:
+                self.refused_jobs.update(_jobs_in(call))
             call.end_with(refusal)
             return
         call.admitted = n
         replica.calls.add(call)
-        self.arrivals.append((call.meta.session_id, replica.name))
+        if not call.meta.is_shadow:
+            self.arrivals.append((call.meta.session_id, replica.name))
         self.loop.create_task(self._run(call), name=f"replica-{call.meta.request_id}")
 
     def trouble(self, call: SimCall) -> None:
-        for args, _kwargs in call.jobs:
-            for arg in args:
-                if isinstance(arg, Job):
-                    self.troubled.add(arg.request)
+        if not call.meta.is_shadow:
+            self.troubled.update(_jobs_in(call))
 
     async def _resolve(self, args: tuple) -> tuple:
         """Ray resolves ObjectRef arguments before the task runs; a failed one fails the task."""
@@ -446,7 +449,8 @@ class World:
                         continue
                     raise
                 job = _job_of(args)
-                self.starts[_request_id(call, job)] += 1
+                if not call.meta.is_shadow:
+                    self.starts[_request_id(call, job)] += 1
                 if call.kind != "stream" and call.meta.method_name == "stream":
                     raise ray_wrapped(StreamingMethodError(
                         f"method 'stream' of backend {call.replica.backend!r} is a generator"))
@@ -485,9 +489,14 @@ class World:
             if call.done:
                 return
             call.push_chunk(job.chunk(index))
-            self.chunked.add(call.meta.request_id)
+            if not call.meta.is_shadow:
+                self.chunked.add(call.meta.request_id)
             if job.fail == "value" and index == job.chunks // 2:
                 raise ray_wrapped(UserError(f"user stream failed on request {job.request}"), "handle_stream")
+
+
+def _jobs_in(call: SimCall) -> list[int]:
+    return [arg.request for args, _kwargs in call.jobs for arg in args if isinstance(arg, Job)]
 
 
 def _set_done(future: asyncio.Future) -> None:

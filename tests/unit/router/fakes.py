@@ -65,6 +65,24 @@ def _copy_into(done: concurrent.futures.Future, mirror: asyncio.Future) -> None:
         mirror.set_result(done.result())
 
 
+class PutRef:
+    """``transport.put(value)``: a ref that already holds ``value``."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self.future: concurrent.futures.Future = concurrent.futures.Future()
+        self.future.set_result(value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PutRef) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __repr__(self) -> str:
+        return f"<PutRef {self.value!r}>"
+
+
 class FakeTransport:
     def __init__(self, auto: Callable[[FakeRef], Any] | None = None) -> None:
         self.calls: list[FakeRef] = []
@@ -98,6 +116,10 @@ class FakeTransport:
         self.cancelled.append(ref)
         if not ref.future.done():
             ref.fail(TaskCancelledError())
+
+    @staticmethod
+    def put(value: Any) -> PutRef:
+        return PutRef(value)
 
     @staticmethod
     def on_completed(ref: FakeRef, callback: Callable[[Any], None]) -> None:

@@ -22,7 +22,7 @@ def make(**publish_args):
     return source, transport, router, Handle(router), made
 
 
-async def settle(rounds: int = 10) -> None:
+async def settle(rounds: int = 40) -> None:
     """Let call_soon(_threadsafe) callbacks and woken tasks run (no wall-clock sleep)."""
     for _ in range(rounds):
         await asyncio.sleep(0)
