@@ -37,3 +37,8 @@ class SyncWork:
 
     def checks(self) -> int:
         return self.health_checks
+
+    def whoami(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_actor_name()
