@@ -20,7 +20,7 @@ import logging
 from typing import Any, Awaitable, Callable
 
 from serveplane import tracing
-from serveplane.exceptions import BatchSizeMismatchError, InvalidConfigError
+from serveplane.exceptions import BatchSizeMismatchError, InvalidConfigError, RequestCancelledError
 
 logger = logging.getLogger(__name__)
 
@@ -147,14 +147,26 @@ class Batcher:
             try:
                 with tracing.batch_span(self.name, traced) if tracing.ENABLED else tracing.NO_SPAN:
                     results = check_batch_result(self.name, await self._fn(items), len(items))
+            except asyncio.CancelledError:
+                self._fail(batch, RequestCancelledError(
+                    f"batch method {self.name!r} was cancelled while running a batch of "
+                    f"{len(batch)}; its requests did not complete"))
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the batcher itself is being cancelled (its loop is closing)
+                continue  # cancelled from inside the batch function: the next batch runs
             except Exception as exc:  # noqa: BLE001 - every caller of this batch gets it
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
+                self._fail(batch, exc)
                 continue
             for (_, fut), result in zip(batch, results):
                 if not fut.done():
                     fut.set_result(result)
+
+    @staticmethod
+    def _fail(batch: list[tuple[Any, asyncio.Future]], error: BaseException) -> None:
+        for _, fut in batch:
+            if not fut.done():
+                fut.set_exception(error)
 
     async def run_gathered(self, items: list[Any]) -> list[tuple[bool, Any]]:
         """Run items that arrived already gathered (router-side batch), in chunks."""
