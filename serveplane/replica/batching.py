@@ -151,9 +151,11 @@ class Batcher:
                 self._fail(batch, RequestCancelledError(
                     f"batch method {self.name!r} was cancelled while running a batch of "
                     f"{len(batch)}; its requests did not complete"))
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise  # the batcher itself is being cancelled (its loop is closing)
+                cancelling = getattr(asyncio.current_task(), "cancelling", None)
+                if cancelling is None or cancelling():
+                    # the batcher itself is being cancelled (its loop is closing), or this
+                    # Python cannot tell (3.10): stop; the next submit starts a new task
+                    raise
                 continue  # cancelled from inside the batch function: the next batch runs
             except Exception as exc:  # noqa: BLE001 - every caller of this batch gets it
                 self._fail(batch, exc)
