@@ -9,7 +9,7 @@ import cloudpickle
 import pytest
 
 from serveplane.config import BackendConfig
-from serveplane.exceptions import ReplicaFullError
+from serveplane.exceptions import ReplicaFullError, RequestTimeoutError
 from serveplane.records import RequestMetadata
 from serveplane.replica.actor import ReplicaActor
 from serveplane.replica.drain import DRAIN_QUIET_S, InFlight
@@ -185,5 +185,43 @@ def test_draining_replica_refuses_with_a_message_that_names_backend_and_endpoint
         with pytest.raises(ReplicaFullError,
                            match=r"replica r0 of backend 'b' \(endpoint 'ep'\) is draining.*did not run"):
             await replica.handle_request(RequestMetadata("r1", "ep"))
+
+    asyncio.run(main())
+
+
+class Hangs:
+    async def __call__(self, request=None):
+        from starlette.responses import StreamingResponse
+
+        async def body():
+            yield "part0 "
+            await asyncio.Event().wait()  # never produces the rest
+            yield "never"
+
+        return StreamingResponse(body(), media_type="text/plain")
+
+
+class SteppingClock(FakeClock):
+    """Each wall-clock read is 2 s after the one before."""
+
+    def time(self) -> float:
+        self.now += 2.0
+        return self.now
+
+
+def test_a_handed_off_body_runs_under_its_requests_deadline():
+    async def main() -> None:
+        clock = SteppingClock()
+        replica = ReplicaActor("b", "r0", cloudpickle.dumps(Hangs), cloudpickle.dumps(((), {})),
+                               BackendConfig().model_dump(), "v1", clock=clock)
+        # admitted in time (one read), past deadline + grace when the pull starts (more reads)
+        meta = RequestMetadata("r1", "ep", http=True, deadline=clock.now + 5.0)
+        handoff = await replica.handle_request(meta)
+        parts = []
+        with pytest.raises(RequestTimeoutError, match=r"request r1 of endpoint 'ep' passed its deadline"):
+            async for chunk in replica.pull_stream(handoff.stream_id):
+                parts.append(chunk)
+        assert parts == ["part0 "]
+        assert replica._inflight.bodies == 0 and replica._inflight.admitted == 0
 
     asyncio.run(main())
