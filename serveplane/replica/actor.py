@@ -41,7 +41,8 @@ from serveplane.context import (
     current_session_id,
     set_replica_context,
 )
-from serveplane.exceptions import ReplicaFullError, RequestTimeoutError, StreamingMethodError
+from serveplane.exceptions import (ReplicaFullError, RequestCancelledError, RequestTimeoutError,
+                                   StreamingMethodError)
 from serveplane.exposure import check_name_over_http, exposed_over_http, not_exposed
 from serveplane.http.request import HTTPRequest
 from serveplane.http.starlette_request import to_starlette, wants_starlette
@@ -426,6 +427,14 @@ class ReplicaActor:
         async def one(args: tuple, kwargs: dict) -> tuple[bool, Any]:
             try:
                 return True, await self._run_one(meta, args, kwargs)
+            except asyncio.CancelledError:
+                if _cancelling():
+                    raise  # the whole batch call is cancelled
+                # cancelled from inside its own user code: its batch-mates carry on
+                return False, RequestCancelledError(
+                    f"a call of request {meta.request_id} (endpoint {meta.endpoint!r}, backend "
+                    f"{self._backend!r}) was cancelled inside its user code; its batch-mates "
+                    "were not affected")
             except Exception as exc:  # noqa: BLE001 - returned to its own caller
                 return False, exc
 
@@ -462,6 +471,13 @@ class _Running:
         _reset_quietly((current_session_id, sess), (current_request, req), (current_context, ctx))
         self.replica._metrics.end(self.ok, self.replica._clock.monotonic() - self.started,
                                   self.meta.session_id)
+
+
+def _cancelling() -> bool:
+    """Is the running task being cancelled from outside (not a CancelledError its own code
+    raised)? Without ``Task.cancelling`` (Python 3.10) assume it is."""
+    cancelling = getattr(asyncio.current_task(), "cancelling", None)
+    return cancelling is None or bool(cancelling())
 
 
 def _reset_quietly(*pairs: tuple[contextvars.ContextVar, contextvars.Token]) -> None:

@@ -179,6 +179,14 @@ class Batcher:
             try:
                 results = check_batch_result(self.name, await self._fn(chunk), len(chunk))
                 out.extend((True, r) for r in results)
+            except asyncio.CancelledError:
+                cancelling = getattr(asyncio.current_task(), "cancelling", None)
+                if cancelling is None or cancelling():
+                    raise  # the whole call is cancelled
+                error = RequestCancelledError(
+                    f"batch method {self.name!r} was cancelled inside its user code while "
+                    f"running a batch of {len(chunk)}; the next batch runs")
+                out.extend((False, error) for _ in chunk)
             except Exception as exc:  # noqa: BLE001 - returned to each caller
                 out.extend((False, exc) for _ in chunk)
         return out

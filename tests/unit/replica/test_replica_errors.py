@@ -139,3 +139,38 @@ def test_cancelling_a_sync_generator_stream_cancels_its_nested_calls_and_closes_
 
 def test_serveplane_package_has_the_types_used():
     assert issubclass(serveplane.exceptions.RequestCancelledError, serveplane.exceptions.ServeplaneError)
+
+
+class Mates:
+    async def __call__(self, x):
+        if x == "cancel me":
+            raise asyncio.CancelledError()  # e.g. a nested call of its own was cancelled
+        return x
+
+
+def test_a_batch_mate_cancelled_from_inside_does_not_cancel_the_router_batch():
+    """Router-side batch: one call whose user code raised CancelledError failed the whole
+    handle_batch (the others got Ray's TaskCancelledError); now only that call fails, with
+    a serveplane error naming its endpoint and backend."""
+    replica = _replica(Mates)
+    out = asyncio.run(replica.handle_batch(RequestMetadata("r1", "ep"),
+                                           [(("a",), {}), (("cancel me",), {}), (("b",), {})]))
+    assert out[0] == (True, "a") and out[2] == (True, "b")
+    ok, error = out[1]
+    assert not ok and isinstance(error, RequestCancelledError)
+    assert "endpoint 'ep'" in str(error) and "backend 'b'" in str(error)
+
+
+def test_a_gathered_chunk_cancelled_inside_fails_only_that_chunk():
+    calls = []
+
+    async def batch_fn(items: list) -> list:
+        calls.append(items)
+        if len(calls) == 1:
+            raise asyncio.CancelledError()
+        return items
+
+    batcher = Batcher(batch_fn, "b.m", max_batch_size=2, batch_wait_timeout_s=0.0)
+    out = asyncio.run(batcher.run_gathered([1, 2, 3]))
+    assert [ok for ok, _ in out] == [False, False, True] and out[2] == (True, 3)
+    assert isinstance(out[0][1], RequestCancelledError) and "'b.m'" in str(out[0][1])
