@@ -317,8 +317,11 @@ class ReplicaActor:
         self._admit(meta)
         try:
             with _Running(self, meta) as running:
-                async for chunk in self._stream(meta, args, kwargs):
-                    yield chunk
+                # closed by its caller (GeneratorExit at the yield): every generator below,
+                # the user's too, is closed now, not when the collector finds it
+                async with contextlib.aclosing(self._stream(meta, args, kwargs)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
                 running.ok = True
         finally:
             self._leave()
@@ -329,14 +332,17 @@ class ReplicaActor:
         with _deadline_scope(meta, self._clock, self._backend):
             if self._streams(meta.method_name, method):
                 # calling a generator function runs none of its code: no worker needed
-                async for chunk in coalesce(iterate(method(*args, **kwargs), self._run_sync)):
-                    yield chunk
+                produced = iterate(method(*args, **kwargs), self._run_sync)
+                async with contextlib.aclosing(coalesce(produced)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
             else:
                 result = await self._call(method, args, kwargs)
                 if is_streaming_response(result):
                     yield stream_start(result)
-                    async for chunk in coalesce(result.body_iterator):
-                        yield chunk
+                    async with contextlib.aclosing(coalesce(result.body_iterator)) as chunks:
+                        async for chunk in chunks:
+                            yield chunk
                 else:
                     yield Whole(result)
 
@@ -345,15 +351,17 @@ class ReplicaActor:
         request's deadline; it stays in flight (admission, drain) until it ended here."""
         self._inflight.arrived()
         body, meta = self._handoffs.take(stream_id)
+        chunks = coalesce(body)
         try:
             with _deadline_scope(meta, self._clock, self._backend):
-                async for chunk in coalesce(body):
+                async for chunk in chunks:
                     yield chunk
         except (asyncio.CancelledError, GeneratorExit):
             self._cancelled += 1
             raise
         finally:
             try:
+                await chunks.aclose()  # stops its producer task, which reads the body
                 await body.aclose()
             finally:
                 self._handoffs.ended()

@@ -26,7 +26,7 @@ import asyncio
 import inspect
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncGenerator, AsyncIterator, Callable
 
 # Unread objects a producer may run ahead of its consumer (Ray's generator back-pressure).
 STREAM_BUFFER = 4
@@ -72,7 +72,7 @@ class _Raised:
 _END = object()
 
 
-async def coalesce(chunks: AsyncIterator[Any], limit: int = COALESCE_MAX) -> AsyncIterator[Any]:
+async def coalesce(chunks: AsyncIterator[Any], limit: int = COALESCE_MAX) -> AsyncGenerator[Any, None]:
     """The chunks of ``chunks``, each one as soon as it is ready, except that the chunks
     ready by the time the previous one was taken go together as one ``Chunks``.
 
@@ -125,6 +125,11 @@ async def coalesce(chunks: AsyncIterator[Any], limit: int = COALESCE_MAX) -> Asy
                 await producer
             except BaseException:  # noqa: BLE001 - its CancelledError, or what cleanup raised
                 pass
+        # the producer may have stopped between two chunks: close the source now (its
+        # user code's cleanup runs here, not when the collector finds it)
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _size(chunk: Any) -> int:
@@ -148,7 +153,7 @@ def streams(method: Callable[..., Any]) -> bool:
         inspect.isgeneratorfunction(call) or inspect.isasyncgenfunction(call))
 
 
-async def iterate(produced: Any, run_sync: Callable[[Callable[[], Any]], Any]) -> AsyncIterator[Any]:
+async def iterate(produced: Any, run_sync: Callable[[Callable[[], Any]], Any]) -> AsyncGenerator[Any, None]:
     """The chunks of an async or sync generator; a sync one advances in ``run_sync`` (a
     worker thread) so a slow chunk never stalls the replica's loop.
 

@@ -225,3 +225,59 @@ def test_a_handed_off_body_runs_under_its_requests_deadline():
         assert replica._inflight.bodies == 0 and replica._inflight.admitted == 0
 
     asyncio.run(main())
+
+
+class Slow:
+    def __init__(self) -> None:
+        self.closed = 0
+
+    async def __call__(self, request=None):
+        from starlette.responses import StreamingResponse
+
+        async def body():
+            try:
+                for i in range(100):
+                    yield f"part{i} "
+                    await asyncio.sleep(0)
+            finally:
+                self.closed += 1
+
+        return StreamingResponse(body(), media_type="text/plain")
+
+    async def tokens(self):
+        try:
+            for i in range(100):
+                yield i
+                await asyncio.sleep(0)
+        finally:
+            self.closed += 1
+
+
+def test_a_pull_closed_mid_body_closes_the_body_at_once_and_leaves_the_replica():
+    """The proxy's client went away: Ray closes the pull (GeneratorExit)."""
+    async def main() -> None:
+        replica = _replica(Slow)
+        handoff = await replica.handle_request(RequestMetadata("r1", "ep", http=True))
+        pull = replica.pull_stream(handoff.stream_id)
+        await pull.__anext__()
+        await pull.__anext__()  # the coalescing producer now reads the body in its own task
+        await pull.aclose()
+        assert replica._callable.closed == 1  # closed by the aclose, not by the collector
+        stats = await replica.data_path_stats()
+        assert stats["bodies"] == 0 and stats["cancelled"] == 1
+
+    asyncio.run(main())
+
+
+def test_a_stream_closed_by_its_caller_closes_the_users_generator_at_once():
+    async def main() -> None:
+        replica = _replica(Slow)
+        stream = replica.handle_stream(RequestMetadata("r1", "ep", "tokens"))
+        await stream.__anext__()
+        await stream.__anext__()
+        await stream.aclose()
+        assert replica._callable.closed == 1
+        stats = await replica.data_path_stats()
+        assert stats["admitted"] == 0 and stats["cancelled"] == 1
+
+    asyncio.run(main())
