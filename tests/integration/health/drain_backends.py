@@ -42,3 +42,16 @@ class SyncWork:
         import ray
 
         return ray.get_runtime_context().get_actor_name()
+
+
+class Mates:
+    """One call cancels itself from inside (a nested call of its own was cancelled); one
+    raises the model's own TimeoutError."""
+
+    async def __call__(self, x):
+        if x == "cancel me":
+            raise asyncio.CancelledError()
+        return x
+
+    async def own_timeout(self):
+        raise TimeoutError("the model's own timeout")
