@@ -102,7 +102,7 @@ class ReplicaActor:
         # reconfigure (a constructor cannot); the controller publishes a replica only after.
         self._initial_user_config_pending = self._config.user_config is not None
         self._check_user_config_target()
-        self._metrics = ReplicaMetrics()
+        self._metrics = ReplicaMetrics(clock=clock.monotonic)
         self._accept_batchers: dict[str, Batcher] = {}
         self._inflight = InFlight(clock)
         self._refused = 0
