@@ -17,7 +17,12 @@ chunks, except:
 A starlette ``StreamingResponse`` returned to an ordinary (non-stream) call from the HTTP
 proxy cannot cross Ray (its body is an async generator): the replica keeps the body and
 answers ``StreamHandoff``; the proxy then pulls the body with one ``pull_stream`` call and
-from then on sends that method's requests as streams (one call each).
+from then on sends that method's requests as streams (one call each). A kept body is in
+flight for the replica until pulled to its end (admission, drain, the request's deadline);
+one never pulled is closed after ``HANDOFF_TTL_S``.
+
+Closing a stream closes every generator under it at once, the user's too; a sync
+generator is closed after the ``next()`` a worker runs in it returns.
 """
 
 from __future__ import annotations
