@@ -210,8 +210,18 @@ class ReplicaActorWrapper:
         self._stop = self.actor_handle.prepare_for_shutdown.remote(graceful_timeout_s).future()
 
     def stop_finished(self, now: float) -> bool:
-        """Drained, or past the graceful deadline: time to kill."""
-        return self._stop is None or self._stop.done() or now >= self._stop_deadline
+        """Drained, dead, or past the graceful deadline: time to kill.
+
+        The replica's drain answers only once nothing is in flight and its callers stopped
+        coming (``replica/drain.py``). A drain call that failed otherwise (unreachable for
+        now, or an error) proves nothing: the replica may still run requests, so the kill
+        waits for the graceful deadline."""
+        if self._stop is None or now >= self._stop_deadline:
+            return True
+        if not self._stop.done():
+            return False
+        exc = self._stop.exception()
+        return exc is None or is_death(exc)
 
     def kill(self) -> None:
         """Blocking: the controller runs this off its event loop."""

@@ -3,10 +3,14 @@
 Invariants:
 - ``handle_request`` never lets an application error leave the actor unhealthy; the error
   travels to the caller and the replica keeps serving.
-- ``prepare_for_shutdown`` stops taking nothing away from in-flight requests: it waits for
-  them (up to the graceful timeout) before the controller kills the actor.
+- ``prepare_for_shutdown`` takes nothing away from in-flight work: it refuses new callers
+  and waits (up to the graceful timeout) until every call, stream, handed-off body and
+  worker-pool call ended and no caller arrived for a quiet period (``drain.py``); only then
+  may the controller kill the actor.
 - Sync user methods run in a thread pool so that ``max_concurrent_queries`` means what it
-  says and a slow sync call does not stall control calls (health, metrics, drain).
+  says and a slow sync call does not stall control calls (health, metrics, drain). A sync
+  ``check_health`` runs on a thread of its own: it never queues behind user work.
+- Admission, deadlines and metrics read the time through one injected clock.
 - A request from the HTTP proxy (``meta.http``) reaches only the methods the backend exposes
   over HTTP (``serveplane/exposure.py``); anything else is ``MethodNotExposedError`` (404).
 - A call reaches user code in the backend's request convention (``convention.py``): a
@@ -21,13 +25,13 @@ import contextvars
 import functools
 import inspect
 import os
-import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
 import cloudpickle
 
 from serveplane import tracing
+from serveplane.clock import SYSTEM_CLOCK, Clock
 from serveplane.config import BackendConfig
 from serveplane.context import (
     ReplicaContext,
@@ -37,7 +41,8 @@ from serveplane.context import (
     current_session_id,
     set_replica_context,
 )
-from serveplane.exceptions import ReplicaFullError, RequestTimeoutError, StreamingMethodError
+from serveplane.exceptions import (ReplicaFullError, RequestCancelledError, RequestTimeoutError,
+                                   StreamingMethodError)
 from serveplane.exposure import check_name_over_http, exposed_over_http, not_exposed
 from serveplane.http.request import HTTPRequest
 from serveplane.http.starlette_request import to_starlette, wants_starlette
@@ -45,7 +50,8 @@ from serveplane.records import RequestMetadata
 from serveplane.replica.batching import Batcher
 from serveplane.replica.convention import RequestConvention, classic_request, unwrap
 from serveplane.replica.metrics import ReplicaMetrics
-from serveplane.deadline import Deadline
+from serveplane.deadline import Deadline, DeadlinePassed
+from serveplane.replica.drain import InFlight
 from serveplane.replica.streaming import (
     Handoffs,
     coalesce,
@@ -68,8 +74,9 @@ class ReplicaActor:
 
     def __init__(self, backend: str, replica_tag: str, code_blob: bytes, init_blob: bytes,
                  config: dict[str, Any], version: str, config_version: str | None = None,
-                 namespace: str | None = None) -> None:
+                 namespace: str | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         tracing.setup_process()
+        self._clock = clock
         self._backend = backend
         # before user code runs: serveplane.connect() in a backend attaches to its own instance
         set_replica_context(ReplicaContext(backend, replica_tag, namespace))
@@ -81,6 +88,10 @@ class ReplicaActor:
         self._starlette_methods: dict[str, bool] = {}
         init_args, init_kwargs = cloudpickle.loads(init_blob)
         self._executor = self._new_executor()
+        # health never queues behind user work on the pool (a long sync call with
+        # max_concurrent_queries=1 would time the check out and get the replica killed)
+        self._health_executor = ThreadPoolExecutor(max_workers=1,
+                                                   thread_name_prefix=f"health-{backend}")
         if inspect.isclass(func_or_class):
             self._callable: Any = func_or_class(*init_args, **init_kwargs)
             self._is_function = False
@@ -91,16 +102,13 @@ class ReplicaActor:
         # reconfigure (a constructor cannot); the controller publishes a replica only after.
         self._initial_user_config_pending = self._config.user_config is not None
         self._check_user_config_target()
-        self._metrics = ReplicaMetrics()
+        self._metrics = ReplicaMetrics(clock=clock.monotonic)
         self._accept_batchers: dict[str, Batcher] = {}
-        self._draining = False
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._admitted = 0   # slots taken, by every router together (admission)
+        self._inflight = InFlight(clock)
         self._refused = 0
         self._cancelled = 0  # calls whose caller cancelled them while they ran
         self._streaming_methods: dict[str, bool] = {}
-        self._handoffs = Handoffs()
+        self._handoffs = Handoffs(self._inflight.body_ended)
 
     def _new_executor(self) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(max_workers=min(64, self._config.max_concurrent_queries),
@@ -163,19 +171,15 @@ class ReplicaActor:
         if _is_async(check):
             await check()
         else:
-            await asyncio.get_running_loop().run_in_executor(self._executor, check)
+            await asyncio.get_running_loop().run_in_executor(self._health_executor, check)
 
     async def prepare_for_shutdown(self, timeout_s: float) -> int:
-        """Stop being chosen and wait for in-flight requests; returns how many were left."""
-        self._draining = True
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout=timeout_s)
-        except asyncio.TimeoutError:
-            pass
-        return self._admitted
+        """Refuse new callers and wait until drained (``drain.py``) or ``timeout_s`` passed;
+        returns how much was still in flight (0: drained)."""
+        return await self._inflight.wait_drained(timeout_s)
 
     async def get_metrics(self) -> dict[str, Any]:
-        return self._metrics.snapshot(draining=self._draining)
+        return self._metrics.snapshot(draining=self._inflight.draining)
 
     # -- data ------------------------------------------------------------------
     def _resolve(self, method_name: str, http: bool = False) -> Callable[..., Any]:
@@ -212,30 +216,47 @@ class ReplicaActor:
 
     def _run_sync(self, fn: Callable[[], Any]) -> Any:
         """``fn`` on the worker pool, with the request's contextvars. Cancelling the await
-        before a worker took it means it never runs."""
+        before a worker took it means it never runs. It is in flight (the drain waits for
+        it) until its worker returned, even when its caller stopped waiting."""
         ctx = contextvars.copy_context()
-        return asyncio.get_running_loop().run_in_executor(self._executor, ctx.run, fn)
+        loop = asyncio.get_running_loop()
+        future = self._executor.submit(ctx.run, fn)
+        inflight = self._inflight
+        inflight.pool_started()
+
+        def finished(_: Future) -> None:
+            try:
+                loop.call_soon_threadsafe(inflight.pool_done)
+            except RuntimeError:  # the loop closed (the replica is going away)
+                pass
+
+        future.add_done_callback(finished)
+        return asyncio.wrap_future(future, loop=loop)
 
     # -- admission --------------------------------------------------------------------------
     def _admit(self, meta: RequestMetadata, n: int = 1) -> None:
         """Take ``n`` of this replica's ``max_concurrent_queries`` slots, or refuse at once
-        (every router together may not exceed it; a draining replica takes nothing new)."""
+        (every router together may not exceed it, handed-off bodies included; a draining
+        replica takes nothing new)."""
+        inflight = self._inflight
+        inflight.arrived()
         limit = self._config.max_concurrent_queries
-        if self._draining or self._admitted + n > limit:
+        if inflight.draining or inflight.admitted + inflight.bodies + n > limit:
             self._refused += n
-            why = "draining" if self._draining else f"at max_concurrent_queries={limit}"
-            raise ReplicaFullError(f"replica {self._replica_tag} of backend {self._backend!r} is {why}")
-        if meta.deadline is not None and time.time() >= meta.deadline:
+            why = ("draining (it is being stopped); the request did not run and goes to another "
+                   "replica" if inflight.draining else
+                   f"at max_concurrent_queries={limit} across all routers; the request did not run")
+            raise ReplicaFullError(f"replica {self._replica_tag} of backend {self._backend!r} "
+                                   f"(endpoint {meta.endpoint!r}) is {why}")
+        if meta.deadline is not None and self._clock.time() >= meta.deadline:
             raise RequestTimeoutError(
                 f"request {meta.request_id} of endpoint {meta.endpoint!r} reached replica "
-                f"{self._replica_tag} after its deadline; it did not run")
-        self._admitted += n
-        self._idle.clear()
+                f"{self._replica_tag} of backend {self._backend!r} "
+                f"{self._clock.time() - meta.deadline:.3f}s after its deadline; it did not run")
+        inflight.take(n)
 
     def _leave(self, n: int = 1) -> None:
-        self._admitted -= n
-        if self._admitted == 0:
-            self._idle.set()
+        self._inflight.leave(n)
 
     async def handle_request(self, meta: RequestMetadata | list, *args: Any, **kwargs: Any) -> Any:
         if not isinstance(meta, RequestMetadata):  # routers send the fields as a list (faster)
@@ -263,11 +284,13 @@ class ReplicaActor:
             if meta.deadline is None:
                 result = await self._invoke(meta, method, args, kwargs)
             else:
-                with _deadline_scope(meta):
+                with _deadline_scope(meta, self._clock, self._backend):
                     result = await self._invoke(meta, method, args, kwargs)
             if is_streaming_response(result):
                 if meta.http:  # the proxy pulls the body with one more call (pull_stream)
-                    result = StreamHandoff(self._handoffs.keep(result.body_iterator), stream_start(result))
+                    self._inflight.body_kept()  # in flight until pulled to its end, or expired
+                    result = StreamHandoff(self._handoffs.keep(result.body_iterator, meta),
+                                           stream_start(result))
                 else:
                     result = await _collect(result)
             ok = running.ok = True
@@ -294,8 +317,11 @@ class ReplicaActor:
         self._admit(meta)
         try:
             with _Running(self, meta) as running:
-                async for chunk in self._stream(meta, args, kwargs):
-                    yield chunk
+                # closed by its caller (GeneratorExit at the yield): every generator below,
+                # the user's too, is closed now, not when the collector finds it
+                async with contextlib.aclosing(self._stream(meta, args, kwargs)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
                 running.ok = True
         finally:
             self._leave()
@@ -303,36 +329,49 @@ class ReplicaActor:
     async def _stream(self, meta: RequestMetadata, args: tuple, kwargs: dict) -> Any:
         method = self._resolve(meta.method_name, meta.http)
         args, kwargs = self._convert(meta, method, args, kwargs)
-        with _deadline_scope(meta):
+        with _deadline_scope(meta, self._clock, self._backend):
             if self._streams(meta.method_name, method):
                 # calling a generator function runs none of its code: no worker needed
-                async for chunk in coalesce(iterate(method(*args, **kwargs), self._run_sync)):
-                    yield chunk
+                produced = iterate(method(*args, **kwargs), self._run_sync)
+                async with contextlib.aclosing(coalesce(produced)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
             else:
                 result = await self._call(method, args, kwargs)
                 if is_streaming_response(result):
                     yield stream_start(result)
-                    async for chunk in coalesce(result.body_iterator):
-                        yield chunk
+                    async with contextlib.aclosing(coalesce(result.body_iterator)) as chunks:
+                        async for chunk in chunks:
+                            yield chunk
                 else:
                     yield Whole(result)
 
     async def pull_stream(self, stream_id: str) -> Any:
-        """The body of a ``StreamHandoff`` this replica answered (streaming call)."""
-        body = self._handoffs.take(stream_id)
+        """The body of a ``StreamHandoff`` this replica answered (streaming call), under its
+        request's deadline; it stays in flight (admission, drain) until it ended here."""
+        self._inflight.arrived()
+        body, meta = self._handoffs.take(stream_id)
+        chunks = coalesce(body)
         try:
-            async for chunk in coalesce(body):
-                yield chunk
-        except asyncio.CancelledError:
+            with _deadline_scope(meta, self._clock, self._backend):
+                async for chunk in chunks:
+                    yield chunk
+        except (asyncio.CancelledError, GeneratorExit):
             self._cancelled += 1
             raise
         finally:
-            await body.aclose()
+            try:
+                await chunks.aclose()  # stops its producer task, which reads the body
+                await body.aclose()
+            finally:
+                self._handoffs.ended()
 
     async def data_path_stats(self) -> dict[str, int]:
-        """Admission and cancellation counters (tests, debugging)."""
-        return {"admitted": self._admitted, "refused": self._refused, "cancelled": self._cancelled,
-                "handoffs": len(self._handoffs)}
+        """Admission, drain and cancellation counters (tests, debugging)."""
+        inflight = self._inflight
+        return {"admitted": inflight.admitted, "refused": self._refused,
+                "cancelled": self._cancelled, "handoffs": len(self._handoffs),
+                "bodies": inflight.bodies, "pool": inflight.pool}
 
     def _convert(self, meta: RequestMetadata, method: Callable[..., Any], args: tuple,
                  kwargs: dict) -> tuple[tuple, dict]:
@@ -381,7 +420,7 @@ class ReplicaActor:
         batch_fn = getattr(method, "_serveplane_batch", None)
         if batch_fn is not None or getattr(method, "_serveplane_accept_batch", False):
             self._metrics.begin()
-            started = time.monotonic()
+            started = self._clock.monotonic()
             try:
                 if batch_fn is not None:
                     return await batch_fn.run_gathered(self._callable, calls)
@@ -391,11 +430,19 @@ class ReplicaActor:
                 return await Batcher(self._list_caller(method), f"{self._backend}.{meta.method_name}",
                                      size, 0.0).run_gathered(items)
             finally:
-                self._metrics.end(True, time.monotonic() - started, None)
+                self._metrics.end(True, self._clock.monotonic() - started, None)
 
         async def one(args: tuple, kwargs: dict) -> tuple[bool, Any]:
             try:
                 return True, await self._run_one(meta, args, kwargs)
+            except asyncio.CancelledError:
+                if _cancelling():
+                    raise  # the whole batch call is cancelled
+                # cancelled from inside its own user code: its batch-mates carry on
+                return False, RequestCancelledError(
+                    f"a call of request {meta.request_id} (endpoint {meta.endpoint!r}, backend "
+                    f"{self._backend!r}) was cancelled inside its user code; its batch-mates "
+                    "were not affected")
             except Exception as exc:  # noqa: BLE001 - returned to its own caller
                 return False, exc
 
@@ -414,7 +461,7 @@ class _Running:
         self.ok = False
 
     def __enter__(self) -> _Running:
-        self.started = time.monotonic()
+        self.started = self.replica._clock.monotonic()
         self.replica._metrics.begin()
         meta = self.meta
         self.context = RequestContext(meta)
@@ -423,13 +470,22 @@ class _Running:
         return self
 
     def __exit__(self, kind: Any, error: Any, tb: Any) -> None:
-        if kind is not None and issubclass(kind, asyncio.CancelledError):
+        # a stream closed before its end (its caller went away) is cancelled too
+        if kind is not None and issubclass(kind, (asyncio.CancelledError, GeneratorExit)):
             self.replica._cancelled += 1
             self.context.cancel_children()
         ctx, req, sess = self.tokens
         # a stream may be closed from another context than the one that ran it
         _reset_quietly((current_session_id, sess), (current_request, req), (current_context, ctx))
-        self.replica._metrics.end(self.ok, time.monotonic() - self.started, self.meta.session_id)
+        self.replica._metrics.end(self.ok, self.replica._clock.monotonic() - self.started,
+                                  self.meta.session_id)
+
+
+def _cancelling() -> bool:
+    """Is the running task being cancelled from outside (not a CancelledError its own code
+    raised)? Without ``Task.cancelling`` (Python 3.10) assume it is."""
+    cancelling = getattr(asyncio.current_task(), "cancelling", None)
+    return cancelling is None or bool(cancelling())
 
 
 def _reset_quietly(*pairs: tuple[contextvars.ContextVar, contextvars.Token]) -> None:
@@ -446,17 +502,19 @@ DEADLINE_GRACE_S = 1.0
 
 
 @contextlib.contextmanager
-def _deadline_scope(meta: RequestMetadata) -> Any:
-    """User code past the request's deadline is cancelled; its caller gets RequestTimeoutError."""
+def _deadline_scope(meta: RequestMetadata, clock: Clock, backend: str) -> Any:
+    """User code past the request's deadline is cancelled; its caller gets
+    RequestTimeoutError. The user's own TimeoutError passes through as it is."""
     if meta.deadline is None:
         yield
         return
     try:
-        with Deadline(meta.deadline + DEADLINE_GRACE_S - time.time()):
+        with Deadline(meta.deadline + DEADLINE_GRACE_S - clock.time()):
             yield
-    except TimeoutError:
-        raise RequestTimeoutError(f"request {meta.request_id} of endpoint {meta.endpoint!r} "
-                                  "passed its deadline while running") from None
+    except DeadlinePassed:
+        raise RequestTimeoutError(
+            f"request {meta.request_id} of endpoint {meta.endpoint!r} passed its deadline while "
+            f"running on backend {backend!r}; it was cancelled") from None
 
 
 async def _collect(result: Any) -> Any:

@@ -6,7 +6,9 @@ own element. Invariants:
 - a batch function that raises, or returns a list of the wrong length, fails every caller
   of *that* batch with a clear error; the next batch is unaffected;
 - a caller cancelled while waiting is dropped from its batch (or its result discarded);
-  the other callers still get theirs.
+  the other callers still get theirs;
+- what a batcher observes lives in fixed memory (``BatchSizeHistogram``), however many
+  batches it ran.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import logging
 from typing import Any, Awaitable, Callable
 
 from serveplane import tracing
-from serveplane.exceptions import BatchSizeMismatchError, InvalidConfigError
+from serveplane.exceptions import BatchSizeMismatchError, InvalidConfigError, RequestCancelledError
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,40 @@ def check_batch_result(name: str, results: Any, n_items: int) -> list[Any]:
     return list(results)
 
 
+# Buckets of the batch-size histogram: 1, 2-3, 4-7, ... and the last one for the rest.
+BATCH_SIZE_BUCKETS = 12
+
+
+class BatchSizeHistogram:
+    """The sizes of the batches a batcher ran: counts in power-of-two buckets, a fixed
+    size whatever the number of batches (the replica does not import the router's)."""
+
+    __slots__ = ("count", "items", "largest", "buckets")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.items = 0
+        self.largest = 0
+        self.buckets = [0] * BATCH_SIZE_BUCKETS
+
+    def add(self, size: int) -> None:
+        self.count += 1
+        self.items += size
+        self.largest = max(self.largest, size)
+        self.buckets[min(max(size, 1).bit_length() - 1, BATCH_SIZE_BUCKETS - 1)] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        histogram = {}
+        for i, n in enumerate(self.buckets):
+            if n:
+                low, high = 2 ** i, 2 ** (i + 1) - 1
+                last = i == BATCH_SIZE_BUCKETS - 1
+                histogram[f"{low}+" if last else str(low) if low == high else f"{low}-{high}"] = n
+        return {"batches": self.count, "max_batch_size_seen": self.largest,
+                "avg_batch_size": self.items / self.count if self.count else 0.0,
+                "batch_sizes": histogram}
+
+
 class Batcher:
     """Gathers single calls into list calls of ``fn`` on the running event loop."""
 
@@ -53,7 +89,7 @@ class Batcher:
         self.batch_wait_timeout_s = batch_wait_timeout_s
         self._queue: asyncio.Queue[tuple[Any, asyncio.Future]] | None = None
         self._task: asyncio.Task | None = None
-        self.batch_sizes: list[int] = []  # observed, for tests and metrics
+        self.batch_sizes = BatchSizeHistogram()  # observed, for tests and metrics
         self._traces: dict[int, Any] = {}  # id(caller's future) -> its tracing context
 
     def _ensure_started(self) -> asyncio.Queue:
@@ -105,30 +141,52 @@ class Batcher:
             batch = await self._collect(queue)
             if not batch:
                 continue
-            self.batch_sizes.append(len(batch))
+            self.batch_sizes.add(len(batch))
             items = [item for item, _ in batch]
             traced = [self._traces.get(id(fut)) for _, fut in batch] if tracing.ENABLED else ()
             try:
                 with tracing.batch_span(self.name, traced) if tracing.ENABLED else tracing.NO_SPAN:
                     results = check_batch_result(self.name, await self._fn(items), len(items))
+            except asyncio.CancelledError:
+                self._fail(batch, RequestCancelledError(
+                    f"batch method {self.name!r} was cancelled while running a batch of "
+                    f"{len(batch)}; its requests did not complete"))
+                cancelling = getattr(asyncio.current_task(), "cancelling", None)
+                if cancelling is None or cancelling():
+                    # the batcher itself is being cancelled (its loop is closing), or this
+                    # Python cannot tell (3.10): stop; the next submit starts a new task
+                    raise
+                continue  # cancelled from inside the batch function: the next batch runs
             except Exception as exc:  # noqa: BLE001 - every caller of this batch gets it
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
+                self._fail(batch, exc)
                 continue
             for (_, fut), result in zip(batch, results):
                 if not fut.done():
                     fut.set_result(result)
+
+    @staticmethod
+    def _fail(batch: list[tuple[Any, asyncio.Future]], error: BaseException) -> None:
+        for _, fut in batch:
+            if not fut.done():
+                fut.set_exception(error)
 
     async def run_gathered(self, items: list[Any]) -> list[tuple[bool, Any]]:
         """Run items that arrived already gathered (router-side batch), in chunks."""
         out: list[tuple[bool, Any]] = []
         for start in range(0, len(items), self.max_batch_size):
             chunk = items[start:start + self.max_batch_size]
-            self.batch_sizes.append(len(chunk))
+            self.batch_sizes.add(len(chunk))
             try:
                 results = check_batch_result(self.name, await self._fn(chunk), len(chunk))
                 out.extend((True, r) for r in results)
+            except asyncio.CancelledError:
+                cancelling = getattr(asyncio.current_task(), "cancelling", None)
+                if cancelling is None or cancelling():
+                    raise  # the whole call is cancelled
+                error = RequestCancelledError(
+                    f"batch method {self.name!r} was cancelled inside its user code while "
+                    f"running a batch of {len(chunk)}; the next batch runs")
+                out.extend((False, error) for _ in chunk)
             except Exception as exc:  # noqa: BLE001 - returned to each caller
                 out.extend((False, exc) for _ in chunk)
         return out

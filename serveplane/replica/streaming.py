@@ -17,17 +17,21 @@ chunks, except:
 A starlette ``StreamingResponse`` returned to an ordinary (non-stream) call from the HTTP
 proxy cannot cross Ray (its body is an async generator): the replica keeps the body and
 answers ``StreamHandoff``; the proxy then pulls the body with one ``pull_stream`` call and
-from then on sends that method's requests as streams (one call each).
+from then on sends that method's requests as streams (one call each). A kept body is in
+flight for the replica until pulled to its end (admission, drain, the request's deadline);
+one never pulled is closed after ``HANDOFF_TTL_S``.
+
+Closing a stream closes every generator under it at once, the user's too; a sync
+generator is closed after the ``next()`` a worker runs in it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncGenerator, AsyncIterator, Callable
 
 # Unread objects a producer may run ahead of its consumer (Ray's generator back-pressure).
 STREAM_BUFFER = 4
@@ -36,8 +40,8 @@ STREAM_BUFFER = 4
 # stops holds at most (STREAM_BUFFER + 1) objects and COALESCE_MAX chunks in flight.
 COALESCE_MAX = 256
 COALESCE_BYTES = 64 * 1024
-# A handed-off body nobody pulls is dropped after this long.
-HANDOFF_TTL_S = 60.0
+# A handed-off body nobody pulls is closed after this long (the proxy pulls at once).
+HANDOFF_TTL_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,7 @@ class _Raised:
 _END = object()
 
 
-async def coalesce(chunks: AsyncIterator[Any], limit: int = COALESCE_MAX) -> AsyncIterator[Any]:
+async def coalesce(chunks: AsyncIterator[Any], limit: int = COALESCE_MAX) -> AsyncGenerator[Any, None]:
     """The chunks of ``chunks``, each one as soon as it is ready, except that the chunks
     ready by the time the previous one was taken go together as one ``Chunks``.
 
@@ -126,6 +130,11 @@ async def coalesce(chunks: AsyncIterator[Any], limit: int = COALESCE_MAX) -> Asy
                 await producer
             except BaseException:  # noqa: BLE001 - its CancelledError, or what cleanup raised
                 pass
+        # the producer may have stopped between two chunks: close the source now (its
+        # user code's cleanup runs here, not when the collector finds it)
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _size(chunk: Any) -> int:
@@ -149,9 +158,14 @@ def streams(method: Callable[..., Any]) -> bool:
         inspect.isgeneratorfunction(call) or inspect.isasyncgenfunction(call))
 
 
-async def iterate(produced: Any, run_sync: Callable[[Callable[[], Any]], Any]) -> AsyncIterator[Any]:
+async def iterate(produced: Any, run_sync: Callable[[Callable[[], Any]], Any]) -> AsyncGenerator[Any, None]:
     """The chunks of an async or sync generator; a sync one advances in ``run_sync`` (a
-    worker thread) so a slow chunk never stalls the replica's loop."""
+    worker thread) so a slow chunk never stalls the replica's loop.
+
+    Closing or cancelling this iterator closes the user's generator (its ``finally`` runs)
+    before this iterator's own close returns. A sync generator cannot be closed while a
+    worker is inside its ``next()`` (``ValueError: generator already executing``): the
+    close then waits for that chunk to be computed, and closes after it."""
     if inspect.isasyncgen(produced):
         try:
             async for chunk in produced:
@@ -160,45 +174,96 @@ async def iterate(produced: Any, run_sync: Callable[[Callable[[], Any]], Any]) -
             await produced.aclose()  # the user's cleanup runs (GeneratorExit) when cancelled
         return
     done = object()
+    closing = [False]
+
+    def step() -> Any:
+        # a step the pool starts only after the close began computes nothing more
+        return done if closing[0] else next(produced, done)
+
+    pending: Any = None
     try:
         while True:
-            chunk = await run_sync(lambda: next(produced, done))
+            # shielded: a cancelled await leaves the worker's step running to its end, so
+            # the close below knows when the generator is free
+            pending = asyncio.ensure_future(run_sync(step))
+            chunk = await asyncio.shield(pending)
+            pending = None
             if chunk is done:
                 return
             yield chunk
     finally:
+        closing[0] = True
+        await _close_after(produced, pending)
+
+
+async def _close_after(produced: Any, pending: Any) -> None:
+    """Close a sync generator once the step a worker runs in it (``pending``) ended."""
+    if pending is not None and not pending.done():
+        try:
+            await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            # cancelled again while waiting: close it when the worker returns, no later
+            pending.add_done_callback(lambda _: _close_quietly(produced))
+            raise
+        except BaseException:  # noqa: BLE001 - that chunk's error: nobody reads it now
+            pass
+    _close_quietly(produced)
+
+
+def _close_quietly(produced: Any) -> None:
+    try:
         produced.close()
+    except ValueError:  # still executing: only possible if a worker runs it again
+        pass
 
 
 class Handoffs:
-    """Bodies of ``StreamingResponse`` s answered to ordinary calls, until pulled."""
+    """Bodies of ``StreamingResponse`` s answered to ordinary calls, from the answer until
+    they were pulled to their end, or closed unpulled after ``ttl_s``.
 
-    def __init__(self, ttl_s: float = HANDOFF_TTL_S) -> None:
+    Each kept body is in flight for the replica (``on_end`` is called once when it ends):
+    it counts against admission and the drain waits for it. ``keep`` and ``take`` run on
+    the replica's event loop."""
+
+    def __init__(self, on_end: Callable[[], None], ttl_s: float = HANDOFF_TTL_S) -> None:
         self._ttl_s = ttl_s
-        self._bodies: dict[str, tuple[Any, float]] = {}
+        self._on_end = on_end
+        self._bodies: dict[str, tuple[Any, Any, asyncio.TimerHandle]] = {}
 
-    def keep(self, body: Any) -> str:
-        now = time.monotonic()
-        for stream_id, (stale, expires) in list(self._bodies.items()):
-            if expires < now:
-                del self._bodies[stream_id]
-                _close_soon(stale)
+    def keep(self, body: Any, meta: Any) -> str:
         stream_id = uuid.uuid4().hex
-        self._bodies[stream_id] = (body, now + self._ttl_s)
+        timer = asyncio.get_running_loop().call_later(self._ttl_s, self._expire, stream_id)
+        self._bodies[stream_id] = (body, meta, timer)
         return stream_id
 
-    def take(self, stream_id: str) -> Any:
-        body, _ = self._bodies.pop(stream_id, (None, 0.0))
-        if body is None:
+    def take(self, stream_id: str) -> tuple[Any, Any]:
+        """The body and its request's metadata; the caller calls ``ended()`` when done."""
+        kept = self._bodies.pop(stream_id, None)
+        if kept is None:
             raise LookupError(f"stream {stream_id!r} is unknown here or expired "
                               f"(a handed-off body is kept {self._ttl_s:g}s)")
-        return body
+        body, meta, timer = kept
+        timer.cancel()
+        return body, meta
+
+    def ended(self) -> None:
+        self._on_end()
+
+    def _expire(self, stream_id: str) -> None:
+        kept = self._bodies.pop(stream_id, None)
+        if kept is None:
+            return
+        task = asyncio.ensure_future(_aclose(kept[0]))
+        task.add_done_callback(lambda _: self._on_end())
 
     def __len__(self) -> int:
         return len(self._bodies)
 
 
-def _close_soon(body: Any) -> None:
+async def _aclose(body: Any) -> None:
     close = getattr(body, "aclose", None)
     if close is not None:
-        asyncio.ensure_future(close())
+        try:
+            await close()
+        except Exception:  # noqa: BLE001 - an unpulled body's cleanup: nobody to tell
+            pass
