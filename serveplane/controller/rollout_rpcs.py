@@ -104,6 +104,19 @@ class RolloutRPCs:
     async def abort_rollout(self, endpoint: str) -> dict[str, Any]:
         return await self._move_rollout(endpoint, lambda r, now: r.abort(now, "aborted by the operator"))
 
+    def _canary_unready(self, backend: str) -> str | None:
+        """Why ``backend`` cannot serve a request now (no serving replica), or None."""
+        state = self._backends.get_any(backend)
+        if state is None:
+            return f"backend {backend!r} no longer exists"
+        if state.serving_infos():
+            return None
+        status = state.status()
+        replicas = ", ".join(f"{n} {s.lower()}" for s, n in sorted(status["replicas"].items()))
+        failure = f"; last failure: {status['failure']}" if status["failure"] else ""
+        return (f"backend {backend!r} has no serving replica of {status['target_replicas']} wanted "
+                f"({replicas or 'none started'}){failure}")
+
     def _count_rollback(self, rollout: Rollout) -> None:
         guard = rollout.reason.split(" > ")[0] if " > " in rollout.reason else rollout.reason
         self.rollbacks[(rollout.endpoint, guard[:80])] += 1

@@ -6,12 +6,12 @@ Pure: the controller hands in the reports it holds; nothing here talks to Ray.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from serveplane.rollout.histogram import N_BUCKETS
 
 
-def merge_router_reports(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
+def merge_router_reports(reports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """``{"sessions", "shadows": {backend: ...}, "requests": {endpoint: {backend: ...}}}``."""
     sessions = 0
     shadows: dict[str, dict[str, Any]] = {}
