@@ -16,6 +16,20 @@ from serveplane.exceptions import BackendNotFoundError, DuplicateError, NotFound
 from serveplane.rollout import FINAL, Rollout, RolloutState, validate_rollout
 
 
+_GUARD_NAMES = ("max_error_rate", "max_latency_ratio", "min_shadow_agreement")
+
+
+def breached_guard(reason: str) -> str:
+    """The guard a roll-back's reason names: one counter label per guard, never per figure
+    (the reason's readings would make a label, and a counter, per roll-back)."""
+    if "never became ready" in reason:
+        return "canary never ready"
+    for name in _GUARD_NAMES + ("progress_deadline_s",):
+        if name in reason:
+            return name
+    return "other"
+
+
 class RolloutRPCs:
     _backends: BackendStateManager
     _endpoints: EndpointState
@@ -118,8 +132,7 @@ class RolloutRPCs:
                 f"({replicas or 'none started'}){failure}")
 
     def _count_rollback(self, rollout: Rollout) -> None:
-        guard = rollout.reason.split(" > ")[0] if " > " in rollout.reason else rollout.reason
-        self.rollbacks[(rollout.endpoint, guard[:80])] += 1
+        self.rollbacks[(rollout.endpoint, breached_guard(rollout.reason))] += 1
 
     def _operator_wins(self, record: EndpointRecord, call: str) -> EndpointRecord:
         """A manual traffic change pauses the endpoint's active rollout, in the same write."""

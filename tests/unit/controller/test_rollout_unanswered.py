@@ -104,6 +104,7 @@ def test_a_canary_whose_requests_all_time_out_is_rolled_back_naming_timeouts():
     assert run(ctrl.list_endpoints())["ep"]["traffic"] == {"v1": 1.0}
     readings = r["history"][-1]["readings"]
     assert readings["canary_timed_out"] == 30 and readings["canary_requests"] == 0
+    assert dict(ctrl.rollbacks) == {("ep", "max_error_rate"): 1}  # one label per guard, not per figure
 
 
 def test_expiries_and_refusals_count_cancels_do_not():
@@ -150,6 +151,7 @@ def test_a_step_without_enough_requests_breaches_at_its_progress_deadline():
     assert r["state"] == "rolled_back"
     assert r["reason"] == ("step 1 reached 3 of min_requests 50 in 121 s (progress_deadline_s 120); "
                            "1 timed out")
+    assert dict(ctrl.rollbacks) == {("ep", "progress_deadline_s"): 1}
 
 
 def test_a_hung_canary_without_an_error_guard_ends_at_the_default_deadline():
@@ -180,6 +182,7 @@ def test_a_canary_that_never_becomes_ready_breaches_with_its_own_reason():
     assert r["state"] == "rolled_back"
     assert r["reason"].startswith("step 0: the canary never became ready in 60 s (progress_deadline_s 60): "
                                   "backend 'v2' has no serving replica of 1 wanted")
+    assert dict(ctrl.rollbacks) == {("ep", "canary never ready"): 1}
 
 
 def test_router_reports_in_the_controller_stay_bounded_and_stale_ones_drop():
