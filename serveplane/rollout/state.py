@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from serveplane.exceptions import InvalidConfigError
-from serveplane.rollout.guards import Guards, Verdict
+from serveplane.rollout.guards import Guards, Verdict, progress_deadline
 
 MAX_HISTORY = 200
 
@@ -86,6 +86,8 @@ class Rollout(BaseModel):
                 "state": self.state.value, "step": self.step, "weight": self.weight,
                 "steps": list(self.steps), "interval_s": self.interval_s,
                 "guards": self.guards.model_dump(exclude_none=True), "shadow_s": self.shadow_s,
+                "progress_deadline_s": progress_deadline(  # the one in force for this phase
+                    self.guards, self.shadow_s if self.step < 0 else self.interval_s),
                 "reason": self.reason, "history": [h.model_dump() for h in self.history]}
 
     # -- what the endpoint serves ------------------------------------------------------------

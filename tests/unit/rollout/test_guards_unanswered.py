@@ -126,3 +126,12 @@ def test_progress_deadline_s_is_validated_with_a_clear_error(value):
 def test_a_bad_guard_value_says_which_rule_it_broke():
     with pytest.raises(InvalidConfigError, match=r"min_requests: .*greater than or equal to 1"):
         validate_rollout("ep", "v2", {"v1": 1.0}, [0.1, 1.0], 10, {"min_requests": 0}, 0, 1)
+
+
+def test_the_rollout_view_shows_the_progress_deadline_in_force():
+    from serveplane.rollout import Rollout, RolloutState
+
+    rollout = Rollout(endpoint="ep", backend="v2", source={"v1": 1.0}, source_shadows={}, steps=(0.1, 1.0),
+                      interval_s=900, guards=Guards(), state=RolloutState.RUNNING, step=0)
+    assert rollout.public()["progress_deadline_s"] == 1800
+    assert "progress_deadline_s" not in rollout.public()["guards"]
