@@ -151,7 +151,8 @@ class ServeController(RolloutRPCs, MetricsRPCs, DashboardPublisher):
         self._rollouts = RolloutDriver(self._endpoints, self._persistence, self._lock,
                                        self._router_reports, self._publish_endpoint,
                                        clock=self._time, on_rollback=self._count_rollback,
-                                       canary_unready=self._canary_unready)
+                                       canary_unready=self._canary_unready,
+                                       canary_failed=self._canary_failed)
         self._checkpoint_warning: str | None = None
         self._last_sweep = -math.inf        # the first step sweeps: a crash may have left orphans
         self._last_epoch_check = -math.inf

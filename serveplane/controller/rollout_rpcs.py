@@ -24,6 +24,8 @@ def breached_guard(reason: str) -> str:
     (the reason's readings would make a label, and a counter, per roll-back)."""
     if "never became ready" in reason:
         return "canary never ready"
+    if "the canary cannot start" in reason:
+        return "canary cannot start"
     for name in _GUARD_NAMES + ("progress_deadline_s",):
         if name in reason:
             return name
@@ -130,6 +132,13 @@ class RolloutRPCs:
         failure = f"; last failure: {status['failure']}" if status["failure"] else ""
         return (f"backend {backend!r} has no serving replica of {status['target_replicas']} wanted "
                 f"({replicas or 'none started'}){failure}")
+
+    def _canary_failed(self, backend: str) -> str | None:
+        """Why ``backend``'s version gave up starting while none of its replicas serves, or None."""
+        state = self._backends.get_any(backend)
+        if state is None or state.failed is None or state.serving_infos():
+            return None
+        return state.failed
 
     def _count_rollback(self, rollout: Rollout) -> None:
         self.rollbacks[(rollout.endpoint, breached_guard(rollout.reason))] += 1

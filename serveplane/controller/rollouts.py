@@ -17,6 +17,7 @@ Invariants:
 - a step that has not reached ``min_requests`` answers by its progress deadline
   (``guards.progress_deadline``) breaches, saying whether the canary never became ready
   (no serving replica) or where its requests went (timed out, expired, refused, cancelled);
+  a canary whose version gave up starting, with no replica serving, breaches at once;
 - time comes from the one injected clock: ``time()`` for persisted instants (step starts,
   history), which survive a controller restart;
 - the operator wins: a manual ``set_traffic`` or ``shadow_traffic`` pauses the rollout (in
@@ -78,7 +79,8 @@ class RolloutDriver:
                  reports: RouterReports, publish_endpoint: Callable[[str], None],
                  clock: Clock = SYSTEM_CLOCK,
                  on_rollback: Callable[[Rollout], None] | None = None,
-                 canary_unready: Callable[[str], str | None] = lambda backend: None) -> None:
+                 canary_unready: Callable[[str], str | None] = lambda backend: None,
+                 canary_failed: Callable[[str], str | None] = lambda backend: None) -> None:
         self._endpoints = endpoints
         self._persistence = persistence
         self._lock = lock
@@ -87,6 +89,7 @@ class RolloutDriver:
         self._wall = clock.time
         self._on_rollback = on_rollback
         self._canary_unready = canary_unready  # why a backend cannot serve now, or None
+        self._canary_failed = canary_failed    # why its version gave up starting, or None
         self._windows: dict[str, _StepWindow] = {}
         self._active: set[str] = set()  # endpoints whose rollout is shadowing or running
         self.verdicts: dict[str, Verdict] = {}
@@ -153,7 +156,7 @@ class RolloutDriver:
         deadline = progress_deadline(rollout.guards, interval)
         progress = Progress(step=rollout.step, elapsed_s=elapsed, deadline_s=deadline,
                             canary_unready=self._canary_unready(rollout.backend) if elapsed >= deadline
-                            else None)
+                            else None, canary_failed=self._canary_failed(rollout.backend))
         if shadowing:
             verdict = evaluate_shadow(rollout.guards, shadow, elapsed >= interval, progress)
         else:

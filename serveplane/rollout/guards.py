@@ -22,6 +22,8 @@ Pure: readings in, a verdict out. The rules:
   - progress: the step (or the shadow phase) has run ``progress_deadline_s`` and still has
     fewer than ``min_requests`` answers; the reason says whether the canary never became
     ready, or where its other requests went;
+  - start-up: the canary's version gave up starting (its backend's start failures) and no
+    replica of it serves: at once, whatever the figures;
 - otherwise **wait**, saying why (too few requests, interval not over).
 
 What counts: ``requests`` are the canary's answers (and replica failures), the only
@@ -159,6 +161,7 @@ class Progress:
     elapsed_s: float
     deadline_s: float
     canary_unready: str | None = None   # why the canary cannot serve now, or None
+    canary_failed: str | None = None    # why the canary's version cannot start (it gave up), or None
 
     @property
     def over(self) -> bool:
@@ -194,6 +197,13 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
+def _cannot_start(progress: Progress | None, subject: str) -> str | None:
+    """A canary whose version failed to start, with no replica serving: no figure can save it."""
+    if progress is None or progress.canary_failed is None:
+        return None
+    return f"{subject}: the canary cannot start: {progress.canary_failed}"
+
+
 def _stalled(progress: Progress | None, unready_subject: str, reached: str, extra: str) -> str | None:
     """The progress breach's reason, or None while the deadline has not passed."""
     if progress is None or not progress.over:
@@ -218,6 +228,9 @@ def evaluate(guards: Guards, canary: Window, baseline: Window, interval_over: bo
     judged = canary.judged
     error_rate = canary.failures / judged if judged else None
     readings["error_rate"] = error_rate
+    failed = _cannot_start(progress, f"step {progress.step if progress else '?'}")
+    if failed is not None:
+        return Verdict("breach", failed, readings)
     enough = judged >= min(guards.min_requests, BREACH_MIN_SAMPLES)
     if guards.max_error_rate is not None and error_rate is not None and enough:
         low, _ = wilson(canary.failures, judged)
@@ -267,6 +280,9 @@ def evaluate_shadow(guards: Guards, shadow: ShadowWindow, interval_over: bool,
     readings: dict[str, Any] = {"shadow_compared": shadow.compared, "shadow_agreed": shadow.agreed,
                                 "shadow_errors": shadow.errors, "shadow_agreement": agreement}
     limit = guards.min_shadow_agreement
+    failed = _cannot_start(progress, "the shadow phase")
+    if failed is not None:
+        return Verdict("breach", failed, readings)
     if limit is not None and agreement is not None and \
             shadow.compared >= min(guards.min_requests, BREACH_MIN_SAMPLES):
         _, high = wilson(shadow.agreed, shadow.compared)

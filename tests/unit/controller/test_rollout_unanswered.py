@@ -62,13 +62,20 @@ class Router:
         run(self.ctrl.record_handle_metrics(self.router_id, {}, stats))
 
 
-def make(canary_ready: bool = True):
+def make(canary_ready: bool = True, canary_start_error: BaseException | None = None):
     FakeReplicaActorWrapper.registry.clear()
     FakeReplicaActorWrapper.existing_actors.clear()
     clock = FakeClock()
+
+    def wrapper(backend: str, tag: str) -> FakeReplicaActorWrapper:
+        replica = FakeReplicaActorWrapper(backend, tag, auto_ready=canary_ready or backend != "v2")
+        if backend == "v2" and canary_start_error is not None:
+            replica.start_error = canary_start_error
+        return replica
+
     ctrl = ServeController(
         f"memory://{uuid.uuid4().hex}", "unit",
-        wrapper_factory=lambda b, t: FakeReplicaActorWrapper(b, t, auto_ready=canary_ready or b != "v2"),
+        wrapper_factory=wrapper,
         run_loop=False, run_io=inline_runner, run_ray=inline_runner, actors=FakeActorDirectory(),
         clock=clock, state_key=TEST_KEY)
     for tag in ("v1", "v2"):
@@ -183,6 +190,21 @@ def test_a_canary_that_never_becomes_ready_breaches_with_its_own_reason():
     assert r["reason"].startswith("step 0: the canary never became ready in 60 s (progress_deadline_s 60): "
                                   "backend 'v2' has no serving replica of 1 wanted")
     assert dict(ctrl.rollbacks) == {("ep", "canary never ready"): 1}
+
+
+def test_a_canary_that_cannot_start_breaches_at_once_without_waiting_for_the_deadline():
+    ctrl, clock = make(canary_start_error=RuntimeError("ModuleNotFoundError: no module named 'model_v2'"))
+    run(ctrl.start_rollout("ep", "v2", [0.1, 1.0], 10, GUARDS))  # default deadline: 600 s
+    for _ in range(30):
+        tick(ctrl, clock, 1)
+        if rollout(ctrl)["state"] != "running":
+            break
+    r = rollout(ctrl)
+    assert r["state"] == "rolled_back", r["reason"]
+    assert r["reason"].startswith("step 0: the canary cannot start: replica serveplane:v2#")
+    assert "no module named 'model_v2'" in r["reason"]
+    assert run(ctrl.list_endpoints())["ep"]["traffic"] == {"v1": 1.0}
+    assert dict(ctrl.rollbacks) == {("ep", "canary cannot start"): 1}
 
 
 def test_router_reports_in_the_controller_stay_bounded_and_stale_ones_drop():
