@@ -136,9 +136,8 @@ class Window:
 
     def minus(self, before: Window) -> Window:
         """The figures since ``before`` (an earlier report of the same router)."""
-        out = Window(latency=[c - b for c, b in zip(self.latency, before.latency)],
-                     **{k: getattr(self, k) - getattr(before, k) for k in COUNTERS})
-        return out
+        return Window(latency=[c - b for c, b in zip(self.latency, before.latency)],
+                      **{k: getattr(self, k) - getattr(before, k) for k in COUNTERS})
 
     def went_back(self, before: Window) -> bool:
         """Whether a counter is lower than ``before``'s: a new router under an old id."""
@@ -166,6 +165,10 @@ class Progress:
     @property
     def over(self) -> bool:
         return self.elapsed_s >= self.deadline_s
+
+    @property
+    def subject(self) -> str:
+        return "the shadow phase" if self.step < 0 else f"step {self.step}"
 
     def late(self) -> str:
         return f"in {self.elapsed_s:.0f} s (progress_deadline_s {_fmt(self.deadline_s)})"
@@ -197,20 +200,20 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
-def _cannot_start(progress: Progress | None, subject: str) -> str | None:
+def _cannot_start(progress: Progress | None) -> str | None:
     """A canary whose version failed to start, with no replica serving: no figure can save it."""
     if progress is None or progress.canary_failed is None:
         return None
-    return f"{subject}: the canary cannot start: {progress.canary_failed}"
+    return f"{progress.subject}: the canary cannot start: {progress.canary_failed}"
 
 
-def _stalled(progress: Progress | None, unready_subject: str, reached: str, extra: str) -> str | None:
+def _stalled(progress: Progress | None, reached: str, extra: str) -> str | None:
     """The progress breach's reason, or None while the deadline has not passed."""
     if progress is None or not progress.over:
         return None
     if progress.canary_unready is not None:
-        return f"{unready_subject}: the canary never became ready {progress.late()}: {progress.canary_unready}"
-    return f"{reached} {progress.late()}; " + (extra or "no other request reached the canary")
+        return f"{progress.subject}: the canary never became ready {progress.late()}: {progress.canary_unready}"
+    return f"{progress.subject} {reached} {progress.late()}; " + (extra or "no other request reached the canary")
 
 
 def evaluate(guards: Guards, canary: Window, baseline: Window, interval_over: bool,
@@ -228,7 +231,7 @@ def evaluate(guards: Guards, canary: Window, baseline: Window, interval_over: bo
     judged = canary.judged
     error_rate = canary.failures / judged if judged else None
     readings["error_rate"] = error_rate
-    failed = _cannot_start(progress, f"step {progress.step if progress else '?'}")
+    failed = _cannot_start(progress)
     if failed is not None:
         return Verdict("breach", failed, readings)
     enough = judged >= min(guards.min_requests, BREACH_MIN_SAMPLES)
@@ -255,9 +258,8 @@ def evaluate(guards: Guards, canary: Window, baseline: Window, interval_over: bo
                        f"{_fmt(guards.max_latency_ratio)} ({_fmt(canary_p99 or 0)}s vs "
                        f"{_fmt(baseline_p99 or 0)}s)", readings)
     if canary.requests < guards.min_requests:
-        stalled = _stalled(progress, f"step {progress.step if progress else '?'}",
-                           f"step {progress.step if progress else '?'} reached {canary.requests} of "
-                           f"min_requests {guards.min_requests}", canary.unanswered())
+        stalled = _stalled(progress, f"reached {canary.requests} of min_requests {guards.min_requests}",
+                           canary.unanswered())
         if stalled is not None:
             return Verdict("breach", stalled, readings)
         return Verdict("wait", f"{canary.requests} of min_requests {guards.min_requests} requests "
@@ -280,7 +282,7 @@ def evaluate_shadow(guards: Guards, shadow: ShadowWindow, interval_over: bool,
     readings: dict[str, Any] = {"shadow_compared": shadow.compared, "shadow_agreed": shadow.agreed,
                                 "shadow_errors": shadow.errors, "shadow_agreement": agreement}
     limit = guards.min_shadow_agreement
-    failed = _cannot_start(progress, "the shadow phase")
+    failed = _cannot_start(progress)
     if failed is not None:
         return Verdict("breach", failed, readings)
     if limit is not None and agreement is not None and \
@@ -290,9 +292,7 @@ def evaluate_shadow(guards: Guards, shadow: ShadowWindow, interval_over: bool,
             return Verdict("breach", f"shadow agreement {_fmt(agreement)} < min_shadow_agreement "
                            f"{_fmt(limit)} over {shadow.compared} compared answers", readings)
     if shadow.compared < guards.min_requests:
-        stalled = _stalled(progress, "the shadow phase",
-                           f"the shadow phase compared {shadow.compared} of min_requests "
-                           f"{guards.min_requests} answers",
+        stalled = _stalled(progress, f"compared {shadow.compared} of min_requests {guards.min_requests} answers",
                            f"{shadow.errors} shadow requests failed" if shadow.errors else "")
         if stalled is not None:
             return Verdict("breach", stalled, readings)

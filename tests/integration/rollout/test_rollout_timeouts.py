@@ -30,4 +30,6 @@ def test_a_canary_whose_requests_all_time_out_is_rolled_back(serve_instance):
     if "timed_out" not in counted:
         # the rollout still ended (the progress deadline), but the guards could not say why
         pytest.xfail("this router does not report timed_out yet (router/stats.py Outcomes)")
-    assert "timed out" in rollout["reason"], rollout["reason"]
+    # running past the deadline, or queued behind those that do: named either way
+    assert "timed out" in rollout["reason"] or "expired before they ran" in rollout["reason"], \
+        rollout["reason"]
