@@ -37,6 +37,7 @@ from serveplane.backend_state.replica import ReplicaState
 from serveplane.config import parse_backend_config, validate_actor_options
 from serveplane.controller.actors import ActorDirectory, RayActorDirectory
 from serveplane.controller.autoscaler import Autoscaler
+from serveplane.controller.clocks import ClockLike, as_clock
 from serveplane.controller.goals import FINISHED_RECORD, Goal, GoalManager
 from serveplane.controller.persistence import (
     Change,
@@ -49,6 +50,7 @@ from serveplane.controller.metrics_rpcs import MetricsRPCs
 from serveplane.controller.reconciler import Reconciler, StepReport
 from serveplane.controller.rollout_rpcs import RolloutRPCs
 from serveplane.controller.rollouts import RolloutDriver
+from serveplane.controller.router_reports import RouterReports
 from serveplane.endpoint_state import EndpointRecord, EndpointState
 from serveplane.endpoint_state.state import validate_name
 from serveplane.exceptions import (
@@ -104,8 +106,8 @@ class ServeController(RolloutRPCs, MetricsRPCs, DashboardPublisher):
     def __init__(self, kv_url: str, namespace: str, http_options: dict[str, Any] | None = None,
                  wrapper_factory: Any = None, run_loop: bool = True,
                  run_io: IORunner | None = None, run_ray: IORunner | None = None,
-                 clock: Callable[[], float] = time.monotonic, store: Any = None,
-                 actors: Any = None, wall_clock: Callable[[], float] = time.time, *,
+                 clock: ClockLike = None, store: Any = None,
+                 actors: Any = None, wall_clock: ClockLike = None, *,
                  state_key: StateKey | None = None) -> None:
         if not isinstance(state_key, StateKey):
             raise InvalidConfigError(
@@ -114,8 +116,11 @@ class ServeController(RolloutRPCs, MetricsRPCs, DashboardPublisher):
         self._namespace = namespace
         self._kv_url = kv_url
         self._http_options = http_options
-        self._clock = clock
-        self._wall = wall_clock  # persisted times (rollout history, step starts)
+        # one clock for the whole controller: monotonic for the loop, report freshness and
+        # the autoscaler; wall time for persisted instants (rollout history, step starts)
+        self._time = as_clock(clock, wall_clock)
+        self._clock = self._time.monotonic
+        self._wall = self._time.time
         self._pools: list[Any] = []
         if run_io is None:
             run_io, pool = thread_runner("serveplane-store")
@@ -136,16 +141,18 @@ class ServeController(RolloutRPCs, MetricsRPCs, DashboardPublisher):
         self._backends = BackendStateManager(factory)
         self._endpoints = EndpointState(self._backends.exists)
         self._goals = GoalManager()
-        self._autoscaler = Autoscaler()
+        self._router_reports = RouterReports(self._time)
+        self._autoscaler = Autoscaler(self._router_reports, self._time)
         self._reconciler = Reconciler(self._backends, self._goals, self._persistence,
                                       self._autoscaler, self._lock, run_ray,
                                       self._publish_replicas, self._publish_removed)
-        self._router_stats: dict[str, tuple[float, dict[str, Any]]] = {}
         self._router_blobs: dict[str, bytes] = {}
         self.rollbacks: collections.Counter[tuple[str, str]] = collections.Counter()
         self._rollouts = RolloutDriver(self._endpoints, self._persistence, self._lock,
-                                       self._router_stats, self._publish_endpoint,
-                                       wall_clock=wall_clock, on_rollback=self._count_rollback)
+                                       self._router_reports, self._publish_endpoint,
+                                       clock=self._time, on_rollback=self._count_rollback,
+                                       canary_unready=self._canary_unready,
+                                       canary_failed=self._canary_failed)
         self._checkpoint_warning: str | None = None
         self._last_sweep = -math.inf        # the first step sweeps: a crash may have left orphans
         self._last_epoch_check = -math.inf

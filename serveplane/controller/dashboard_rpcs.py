@@ -17,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from typing import Any, Callable
 
 from serveplane.backend_state import BackendStateManager
+from serveplane.clock import Clock
 from serveplane.controller.autoscaler import Autoscaler
+from serveplane.controller.router_reports import RouterReports
 from serveplane.dashboard.feed import (
     DASHBOARD_KEY,
     TrafficSeries,
@@ -40,14 +41,14 @@ PERIOD_S = 1.0
 MIN_SPACING_S = 0.05       # a burst of changes is published once
 WATCH_GRACE_S = 5.0        # a proxy re-listening between two answers still counts as watching
 REPLICA_TIMEOUT_S = 0.5
-ROUTER_REPORT_TTL_S = 10.0
 
 
 class DashboardPublisher:
     _backends: BackendStateManager
     _endpoints: EndpointState
     _autoscaler: Autoscaler
-    _router_stats: dict[str, tuple[float, dict[str, Any]]]
+    _router_reports: RouterReports
+    _time: Clock
     _long_poll: LongPollHost
     _namespace: str
     _kv_url: str
@@ -104,21 +105,20 @@ class DashboardPublisher:
 
     async def publish_dashboard(self, force: bool = False) -> bool:
         """Publish the dashboard key if a proxy follows it and the content changed."""
-        now = time.monotonic()
+        now = self._time.monotonic()
         if self._long_poll.has_listeners(DASHBOARD_KEY):
             self._dashboard_watched_at = now
         if not force and now - self._dashboard_watched_at > WATCH_GRACE_S:
             return False
         wall = self._wall()
-        reports = [(rid, stats) for rid, (at, stats) in self._router_stats.items()
-                   if now - at <= ROUTER_REPORT_TTL_S]
+        reports = self._router_reports.statistics_of()
         if self._dashboard_series.due(wall):
             self._dashboard_series.observe(wall, reports, self._backends.tags())
         snapshot = build_snapshot(
             at=wall, namespace=self._namespace, epoch=self._epoch, kv_store=redact_url(self._kv_url),
             checkpoint_warning=self._checkpoint_warning,
             fencing="atomic" if self._store.atomic else "check-then-write (ray:// GCS KV)",
-            refused=len(self._store_refused()), backends=await self._dashboard_backends(now),
+            refused=len(self._store_refused()), backends=await self._dashboard_backends(),
             endpoints=self._dashboard_endpoints(reports), series=self._dashboard_series.as_dict(),
             scaling_events=[e.as_dict() for e in list(self._autoscaler.events)[-20:]])
         if same_content(self._dashboard_last, snapshot):
@@ -131,7 +131,7 @@ class DashboardPublisher:
         persistence = getattr(self, "_persistence", None)
         return list(persistence.refused.report()) if persistence is not None else []
 
-    async def _dashboard_backends(self, now: float) -> dict[str, dict[str, Any]]:
+    async def _dashboard_backends(self) -> dict[str, dict[str, Any]]:
         infos = [info for state in self._backends for info in state.serving_infos()]
 
         async def in_flight(info: Any) -> int | None:
@@ -146,7 +146,7 @@ class DashboardPublisher:
         for state in self._backends:
             record = state.record
             gpus = float(record.actor_options.get("num_gpus", 0) or 0)
-            load = self._autoscaler.aggregate(state.tag, now)
+            load = self._autoscaler.aggregate(state.tag)
             replicas = [replica_view(r.tag, r.state.value, r.wrapper.node_id,
                                      getattr(r.wrapper, "health_failures", 0) > 0, gpus,
                                      answers.get(r.wrapper.actor_name))
@@ -160,7 +160,7 @@ class DashboardPublisher:
                               "replicas": replicas}
         return out
 
-    def _dashboard_endpoints(self, reports: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    def _dashboard_endpoints(self, reports: list[tuple[str, Any]]) -> dict[str, dict[str, Any]]:
         from serveplane.metrics import merge_router_reports
 
         shadows = merge_router_reports(stats for _, stats in reports)["shadows"]

@@ -1,17 +1,18 @@
 """The controller's router-report and metrics RPCs (a part of ``ServeController``).
 
-Routers push what they see a few times a second at most; ``get_metrics`` merges those
-reports with what replicas say about themselves (called outside the lock).
+Routers push what they see a few times a second at most; ``RouterReports`` holds them
+(one freshness rule, bounded memory); ``get_metrics`` merges the fresh ones with what
+replicas say about themselves (called outside the lock).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any, Callable
 
 from serveplane.backend_state import BackendStateManager
 from serveplane.controller.autoscaler import Autoscaler
+from serveplane.controller.router_reports import RouterReports
 from serveplane.endpoint_state import EndpointState
 
 
@@ -19,23 +20,19 @@ class MetricsRPCs:
     _backends: BackendStateManager
     _endpoints: EndpointState
     _autoscaler: Autoscaler
-    _router_stats: dict[str, tuple[float, dict[str, Any]]]
+    _router_reports: RouterReports
     rollbacks: Any
     _rollout_view: Callable[[str], dict[str, Any]]  # RolloutRPCs
 
     async def record_handle_metrics(self, router_id: str, per_backend: dict[str, dict[str, float]],
                                     router_stats: dict[str, Any] | None = None) -> None:
         """Routers push queued / in-flight / rate per backend (a few times a second at most)."""
-        now = time.monotonic()
-        self._autoscaler.record(router_id, per_backend, now)
-        if router_stats is not None:
-            self._router_stats[router_id] = (now, router_stats)
+        self._router_reports.record(router_id, per_backend, router_stats)
 
     async def get_metrics(self, timeout_s: float = 2.0) -> dict[str, Any]:
         """Service, replica and shadow figures (replica calls happen outside the lock)."""
         from serveplane.metrics import merge_router_reports, summarize
 
-        now = time.monotonic()
         targets = [(s.tag, info) for s in self._backends for info in s.serving_infos()]
         mcq = {s.tag: s.record.config.max_concurrent_queries for s in self._backends}
 
@@ -49,8 +46,8 @@ class MetricsRPCs:
         results = await asyncio.gather(*(one(info) for _, info in targets))
         replicas = {info.actor_name: dict(data, backend=tag, max_concurrent_queries=mcq.get(tag, 1))
                     for (tag, info), data in zip(targets, results)}
-        merged = merge_router_reports(stats for at, stats in self._router_stats.values() if now - at <= 10.0)
-        queued = {tag: self._autoscaler.aggregate(tag, now)["queued"] for tag in mcq}
+        merged = merge_router_reports(stats for _, stats in self._router_reports.statistics_of())
+        queued = {tag: self._autoscaler.aggregate(tag)["queued"] for tag in mcq}
         summary = summarize(replicas, queued, merged["shadows"], merged["sessions"],
                             [e.as_dict() for e in self._autoscaler.events])
         summary["endpoints"] = {n: sorted(set(r.traffic) | set(r.shadows))

@@ -16,6 +16,22 @@ from serveplane.exceptions import BackendNotFoundError, DuplicateError, NotFound
 from serveplane.rollout import FINAL, Rollout, RolloutState, validate_rollout
 
 
+_GUARD_NAMES = ("max_error_rate", "max_latency_ratio", "min_shadow_agreement")
+
+
+def breached_guard(reason: str) -> str:
+    """The guard a roll-back's reason names: one counter label per guard, never per figure
+    (the reason's readings would make a label, and a counter, per roll-back)."""
+    if "never became ready" in reason:
+        return "canary never ready"
+    if "the canary cannot start" in reason:
+        return "canary cannot start"
+    for name in _GUARD_NAMES + ("progress_deadline_s",):
+        if name in reason:
+            return name
+    return "other"
+
+
 class RolloutRPCs:
     _backends: BackendStateManager
     _endpoints: EndpointState
@@ -104,9 +120,28 @@ class RolloutRPCs:
     async def abort_rollout(self, endpoint: str) -> dict[str, Any]:
         return await self._move_rollout(endpoint, lambda r, now: r.abort(now, "aborted by the operator"))
 
+    def _canary_unready(self, backend: str) -> str | None:
+        """Why ``backend`` cannot serve a request now (no serving replica), or None."""
+        state = self._backends.get_any(backend)
+        if state is None:
+            return f"backend {backend!r} no longer exists"
+        if state.serving_infos():
+            return None
+        status = state.status()
+        replicas = ", ".join(f"{n} {s.lower()}" for s, n in sorted(status["replicas"].items()))
+        failure = f"; last failure: {status['failure']}" if status["failure"] else ""
+        return (f"backend {backend!r} has no serving replica of {status['target_replicas']} wanted "
+                f"({replicas or 'none started'}){failure}")
+
+    def _canary_failed(self, backend: str) -> str | None:
+        """Why ``backend``'s version gave up starting while none of its replicas serves, or None."""
+        state = self._backends.get_any(backend)
+        if state is None or state.failed is None or state.serving_infos():
+            return None
+        return state.failed
+
     def _count_rollback(self, rollout: Rollout) -> None:
-        guard = rollout.reason.split(" > ")[0] if " > " in rollout.reason else rollout.reason
-        self.rollbacks[(rollout.endpoint, guard[:80])] += 1
+        self.rollbacks[(rollout.endpoint, breached_guard(rollout.reason))] += 1
 
     def _operator_wins(self, record: EndpointRecord, call: str) -> EndpointRecord:
         """A manual traffic change pauses the endpoint's active rollout, in the same write."""

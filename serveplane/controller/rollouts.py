@@ -8,9 +8,18 @@ Invariants:
 - a step is judged only on figures from its own window: each router's counters are
   cumulative, and the window subtracts what each router had reported when the window
   opened (a router first heard of later counts whole if it started after the window
-  opened, and from its first report otherwise). After a controller
+  opened, and from its first report otherwise). New figures come from fresh reports only
+  (``RouterReports``' one rule); a router that falls silent during the step (idle, or it
+  died) keeps what it counted in it. A window holds at most ``MAX_ROUTERS`` routers (the
+  longest silent are forgotten first). After a controller
   restart every window opens afresh, with a history entry that says so: no figure from
   before the restart is ever used, and no step is skipped;
+- a step that has not reached ``min_requests`` answers by its progress deadline
+  (``guards.progress_deadline``) breaches, saying whether the canary never became ready
+  (no serving replica) or where its requests went (timed out, expired, refused, cancelled);
+  a canary whose version gave up starting, with no replica serving, breaches at once;
+- time comes from the one injected clock: ``time()`` for persisted instants (step starts,
+  history), which survive a controller restart;
 - the operator wins: a manual ``set_traffic`` or ``shadow_traffic`` pauses the rollout (in
   the same write as the operator's traffic), and deleting the canary aborts it.
 """
@@ -19,14 +28,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
+from serveplane.clock import SYSTEM_CLOCK, Clock
 from serveplane.controller.persistence import Change, Persistence
+from serveplane.controller.router_reports import MAX_ROUTERS, RouterReports
 from serveplane.endpoint_state import EndpointRecord, EndpointState
 from serveplane.rollout import (
     FINAL,
+    Progress,
     Rollout,
     RolloutState,
     ShadowWindow,
@@ -34,49 +45,51 @@ from serveplane.rollout import (
     Window,
     evaluate,
     evaluate_shadow,
+    progress_deadline,
 )
 
 logger = logging.getLogger(__name__)
-
-ROUTER_REPORT_FRESH_S = 10.0
 
 
 @dataclass
 class _StepWindow:
     opened_at: float                                        # wall clock
-    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)  # router id -> its stats then
+    baselines: dict[str, Mapping[str, Any]] = field(default_factory=dict)  # router id -> its stats then
+    last: dict[str, Mapping[str, Any]] = field(default_factory=dict)       # router id -> its latest
     restarted: bool = False                                 # opened by a controller restart
+    truncated: bool = False                                 # routers were forgotten past MAX_ROUTERS
 
 
 _EMPTY: dict[str, Any] = {"backends": {}, "shadows": {}}
 
 
-def _window_of(current: dict[str, Any], base: dict[str, Any] | None) -> Window:
+def _window_of(current: Mapping[str, Any], base: Mapping[str, Any] | None) -> Window:
     """One backend's figures in one router since ``base`` (its figures at the window start)."""
-    window = Window(current["requests"], current["app_errors"], current["replica_failures"],
-                    list(current["latency"]))
-    if base is None or base["requests"] > current["requests"]:  # new, or the router restarted
+    window = Window.from_report(current)
+    if base is None:
         return window
-    window.requests -= base["requests"]
-    window.app_errors -= base["app_errors"]
-    window.replica_failures -= base["replica_failures"]
-    window.latency = [c - b for c, b in zip(window.latency, base["latency"])]
-    return window
+    before = Window.from_report(base)
+    if window.went_back(before):  # the router restarted under the same id
+        return window
+    return window.minus(before)
 
 
 class RolloutDriver:
     def __init__(self, endpoints: EndpointState, persistence: Persistence, lock: asyncio.Lock,
-                 router_stats: dict[str, tuple[float, dict[str, Any]]],
-                 publish_endpoint: Callable[[str], None],
-                 wall_clock: Callable[[], float] = time.time,
-                 on_rollback: Callable[[Rollout], None] | None = None) -> None:
+                 reports: RouterReports, publish_endpoint: Callable[[str], None],
+                 clock: Clock = SYSTEM_CLOCK,
+                 on_rollback: Callable[[Rollout], None] | None = None,
+                 canary_unready: Callable[[str], str | None] = lambda backend: None,
+                 canary_failed: Callable[[str], str | None] = lambda backend: None) -> None:
         self._endpoints = endpoints
         self._persistence = persistence
         self._lock = lock
-        self._router_stats = router_stats
+        self._reports = reports
         self._publish_endpoint = publish_endpoint
-        self._wall = wall_clock
+        self._wall = clock.time
         self._on_rollback = on_rollback
+        self._canary_unready = canary_unready  # why a backend cannot serve now, or None
+        self._canary_failed = canary_failed    # why its version gave up starting, or None
         self._windows: dict[str, _StepWindow] = {}
         self._active: set[str] = set()  # endpoints whose rollout is shadowing or running
         self.verdicts: dict[str, Verdict] = {}
@@ -91,24 +104,36 @@ class RolloutDriver:
                 self._active.add(name)
 
     def open_window(self, name: str) -> None:
-        now = time.monotonic()
-        self._windows[name] = _StepWindow(self._wall(), {
-            rid: stats for rid, (at, stats) in self._router_stats.items() if now - at <= ROUTER_REPORT_FRESH_S})
+        # what each router had counted when the window opens: its latest fresh report, or
+        # for one silent now, the last figures the previous step saw from it
+        before = self._windows.get(name)
+        baselines = dict(before.last) if before is not None else {}
+        baselines.update((rid, stats) for rid, stats in self._reports.statistics_of()
+                         if stats.get("endpoint") == name)
+        self._windows[name] = _StepWindow(self._wall(), baselines)
 
     def readings(self, rollout: Rollout) -> tuple[Window, Window, ShadowWindow]:
         """The canary's and the baseline's figures in the current step's window."""
         window = self._windows.setdefault(rollout.endpoint, _StepWindow(self._wall()))
         canary, baseline, shadow = Window(), Window(), ShadowWindow()
-        fresh_since = time.monotonic() - ROUTER_REPORT_FRESH_S
         baseline_backends = {b for b in rollout.source if b != rollout.backend}
-        for rid, (at, stats) in list(self._router_stats.items()):
-            if at < fresh_since or stats.get("endpoint") != rollout.endpoint:
+        for rid, stats in self._reports.statistics_of():
+            if stats.get("endpoint") != rollout.endpoint:
                 continue
-            base = window.baselines.get(rid)
-            if base is None:  # first heard of in this window
+            if rid not in window.baselines:  # first heard of in this window
                 # born after the window opened: all its figures are in it; else count from now
-                base = window.baselines[rid] = (_EMPTY if stats.get("started_at", 0.0) >= window.opened_at
-                                                else stats)
+                born_after = stats.get("started_at", 0.0) >= window.opened_at and not window.truncated
+                window.baselines[rid] = _EMPTY if born_after else stats
+            window.last.pop(rid, None)
+            window.last[rid] = stats  # latest last: the longest silent come first
+        while len(window.last) > MAX_ROUTERS:  # bounded: forget the longest silent
+            rid = next(iter(window.last))
+            del window.last[rid]
+            window.baselines.pop(rid, None)
+            window.truncated = True
+        # a router gone silent (idle, or it died) keeps what it counted in this step
+        for rid, stats in window.last.items():
+            base = window.baselines.get(rid, _EMPTY)
             backends, base_backends = stats.get("backends", {}), base.get("backends", {})
             if rollout.backend in backends:
                 canary.add(_window_of(backends[rollout.backend], base_backends.get(rollout.backend)))
@@ -125,10 +150,17 @@ class RolloutDriver:
         window = self._windows.setdefault(rollout.endpoint, _StepWindow(self._wall()))
         started = max(rollout.step_started_at, window.opened_at)
         canary, baseline, shadow = self.readings(rollout)
-        if rollout.state is RolloutState.SHADOWING:
-            verdict = evaluate_shadow(rollout.guards, shadow, self._wall() - started >= rollout.shadow_s)
+        elapsed = self._wall() - started
+        shadowing = rollout.state is RolloutState.SHADOWING
+        interval = rollout.shadow_s if shadowing else rollout.interval_s
+        deadline = progress_deadline(rollout.guards, interval)
+        progress = Progress(step=rollout.step, elapsed_s=elapsed, deadline_s=deadline,
+                            canary_unready=self._canary_unready(rollout.backend) if elapsed >= deadline
+                            else None, canary_failed=self._canary_failed(rollout.backend))
+        if shadowing:
+            verdict = evaluate_shadow(rollout.guards, shadow, elapsed >= interval, progress)
         else:
-            verdict = evaluate(rollout.guards, canary, baseline, self._wall() - started >= rollout.interval_s)
+            verdict = evaluate(rollout.guards, canary, baseline, elapsed >= interval, progress)
         self.verdicts[rollout.endpoint] = verdict
         return verdict
 

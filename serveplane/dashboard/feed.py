@@ -5,7 +5,8 @@ state as JSON-ready data (``DashboardFeed.snapshot``). Every proxy that has a vi
 that key and fans it out; N viewers cost the controller nothing more than one proxy does.
 
 Time series come from the routers' cumulative figures (``router/stats.py``: answers, errors,
-a latency histogram per backend). ``TrafficSeries`` keeps, per ``(router, backend)``, the
+requests that never answered, a latency histogram per backend). A request that timed out,
+expired in a queue or was refused counts in the rate and as an error; a cancel is neither. ``TrafficSeries`` keeps, per ``(router, backend)``, the
 figures it last saw and turns the difference into one point per ``period_s``: request rate,
 error rate, p50 and p99 latency (read from the histogram's buckets, so within a factor 1.5).
 A router first seen after the first look counts whole (its figures started at zero); a
@@ -25,6 +26,8 @@ SERIES_PERIOD_S = 2.0
 SERIES_POINTS = 300          # ten minutes at SERIES_PERIOD_S
 MAX_SCALING_EVENTS = 20
 DASHBOARD_KEY = "dashboard"
+# requests that never answered and count as failures (a router too old to report them: 0)
+UNANSWERED_FAILURES = ("timed_out", "expired", "refused")
 
 
 @dataclass
@@ -61,14 +64,16 @@ class TrafficSeries:
         """Add one point per backend in ``backends`` from the routers' ``reports``
         (``(router_id, statistics)``); series of backends no longer listed are dropped."""
         first = self._last_at is None
-        elapsed = self.period_s if first else max(1e-9, now - (self._last_at or now))
+        elapsed = self.period_s if self._last_at is None else max(1e-9, now - self._last_at)
         self._last_at = now
         totals: dict[str, _Seen] = {}
         seen_now: dict[tuple[str, str], _Seen] = {}
         for router_id, stats in reports:
             for backend, outcome in stats.get("backends", {}).items():
-                current = _Seen(int(outcome.get("requests", 0)),
-                                int(outcome.get("app_errors", 0)) + int(outcome.get("replica_failures", 0)),
+                unanswered = sum(int(outcome.get(k, 0) or 0) for k in UNANSWERED_FAILURES)
+                current = _Seen(int(outcome.get("requests", 0)) + unanswered,
+                                int(outcome.get("app_errors", 0)) + int(outcome.get("replica_failures", 0))
+                                + unanswered,
                                 list(outcome.get("latency", [0] * N_BUCKETS)))
                 seen_now[(router_id, backend)] = current
                 before = self._seen.get((router_id, backend), _Seen())

@@ -51,7 +51,7 @@ _SHADOW_METRICS: list[tuple[str, ...]] = [
     ("agreement", "gauge", "Share of shadow answers equal to the primary's."),
 ]
 _READINGS = ("error_rate", "latency_ratio", "canary_p99_s", "baseline_p99_s", "canary_requests",
-             "shadow_agreement")
+             "canary_timed_out", "canary_expired", "canary_refused", "canary_cancelled", "shadow_agreement")
 
 
 def _family(kind: str, name: str, help_text: str, labels: list[str]) -> CounterMetricFamily | GaugeMetricFamily:
@@ -96,8 +96,12 @@ class _SummaryCollector:
         total = CounterMetricFamily("serveplane_requests", "Answers routers got (or gave up on), "
                                     "by endpoint and backend.", labels=["endpoint", "backend"])
         errors = CounterMetricFamily("serveplane_request_errors", "Failed requests by kind: 'application' "
-                                     "(user code raised) or 'replica' (its replica died or was unreachable).",
+                                     "(user code raised), 'replica' (its replica died or was unreachable), "
+                                     "'timed_out' (its deadline passed while it ran), 'expired' (queued past "
+                                     "its deadline, never ran) or 'refused' (back-pressure).",
                                      labels=["endpoint", "backend", "kind"])
+        cancelled = CounterMetricFamily("serveplane_requests_cancelled", "Requests their caller cancelled "
+                                        "or abandoned (not errors).", labels=["endpoint", "backend"])
         latency = HistogramMetricFamily("serveplane_request_latency_seconds", "Request latency seen by "
                                         "callers, from the routers' mergeable histograms.",
                                         labels=["endpoint", "backend"])
@@ -106,13 +110,16 @@ class _SummaryCollector:
                 total.add_metric([endpoint, backend], data["requests"])
                 errors.add_metric([endpoint, backend, "application"], data["app_errors"])
                 errors.add_metric([endpoint, backend, "replica"], data["replica_failures"])
+                for kind in ("timed_out", "expired", "refused"):
+                    errors.add_metric([endpoint, backend, kind], data.get(kind, 0))
+                cancelled.add_metric([endpoint, backend], data.get("cancelled", 0))
                 cumulative, buckets = 0, []
                 for bound, n in zip(BOUNDS, data["latency"]):
                     cumulative += n
                     buckets.append((repr(bound), cumulative))
                 buckets.append(("+Inf", cumulative + data["latency"][-1]))
                 latency.add_metric([endpoint, backend], buckets, data.get("latency_sum_s", 0.0))
-        yield from (total, errors, latency)
+        yield from (total, errors, cancelled, latency)
 
     def _rollouts(self, rollouts: dict[str, dict[str, Any]], rollbacks: list[dict[str, Any]]) -> Iterator[Metric]:
         step = GaugeMetricFamily("serveplane_rollout_step", "Current step of the endpoint's rollout "

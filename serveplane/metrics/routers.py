@@ -1,17 +1,22 @@
 """Merge what routers report (cumulative counters, see router/stats.py) into figures per
-endpoint and backend: sessions, shadow outcomes, answers, errors and latency histograms.
+endpoint and backend: sessions, shadow outcomes, answers, errors, requests that never
+answered (timed out, cancelled, expired in a queue, refused by back-pressure; 0 from a
+router too old to report them) and latency histograms.
 
 Pure: the controller hands in the reports it holds; nothing here talks to Ray.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from serveplane.rollout.histogram import N_BUCKETS
 
+# per backend, cumulative: answers (and replica failures), and what never answered
+COUNTERS = ("requests", "app_errors", "replica_failures", "timed_out", "cancelled", "expired", "refused")
 
-def merge_router_reports(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
+
+def merge_router_reports(reports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """``{"sessions", "shadows": {backend: ...}, "requests": {endpoint: {backend: ...}}}``."""
     sessions = 0
     shadows: dict[str, dict[str, Any]] = {}
@@ -31,10 +36,10 @@ def merge_router_reports(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
             acc["_done"] += done
         per_endpoint = requests.setdefault(stats.get("endpoint", ""), {})
         for backend, outcome in stats.get("backends", {}).items():
-            acc = per_endpoint.setdefault(backend, {"requests": 0, "app_errors": 0, "replica_failures": 0,
+            acc = per_endpoint.setdefault(backend, {**{key: 0 for key in COUNTERS},
                                                     "latency": [0] * N_BUCKETS, "latency_sum_s": 0.0})
-            for key in ("requests", "app_errors", "replica_failures"):
-                acc[key] += outcome[key]
+            for key in COUNTERS:
+                acc[key] += int(outcome.get(key, 0) or 0)  # an older router lacks the newer ones
             acc["latency_sum_s"] += outcome.get("latency_sum_s", 0.0)
             for i, n in enumerate(outcome["latency"]):
                 acc["latency"][i] += n

@@ -18,10 +18,10 @@ import enum
 import math
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from serveplane.exceptions import InvalidConfigError
-from serveplane.rollout.guards import Guards, Verdict
+from serveplane.rollout.guards import Guards, Verdict, progress_deadline
 
 MAX_HISTORY = 200
 
@@ -86,6 +86,8 @@ class Rollout(BaseModel):
                 "state": self.state.value, "step": self.step, "weight": self.weight,
                 "steps": list(self.steps), "interval_s": self.interval_s,
                 "guards": self.guards.model_dump(exclude_none=True), "shadow_s": self.shadow_s,
+                "progress_deadline_s": progress_deadline(  # the one in force for this phase
+                    self.guards, self.shadow_s if self.step < 0 else self.interval_s),
                 "reason": self.reason, "history": [h.model_dump() for h in self.history]}
 
     # -- what the endpoint serves ------------------------------------------------------------
@@ -178,6 +180,12 @@ def split(source: dict[str, float], canary: str, weight: float) -> dict[str, flo
     return traffic
 
 
+def _problem(error: Any) -> str:
+    """One pydantic error as 'field: rule' (a message that names its field stands alone)."""
+    name, msg = ".".join(map(str, error["loc"])), str(error["msg"]).removeprefix("Value error, ")
+    return msg if msg.startswith(name) else f"{name}: {msg}"
+
+
 def validate_rollout(endpoint: str, backend: str, source: dict[str, float], steps: Any,
                      interval_s: Any, guards: Any, shadow_s: Any, shadow_proportion: Any) -> tuple[
                          tuple[float, ...], float, Guards, float, float]:
@@ -218,10 +226,9 @@ def validate_rollout(endpoint: str, backend: str, source: dict[str, float], step
                                      f"use {', '.join(sorted(Guards.model_fields))}")
         try:
             parsed = Guards(**guards)
-        except ValueError as exc:
-            first = str(exc).splitlines()
-            raise InvalidConfigError(f"rollout guards {guards!r} are invalid: "
-                                     f"{first[1].strip() if len(first) > 1 else exc}: {first[-1].strip()}") from None
+        except ValidationError as exc:
+            problems = "; ".join(_problem(e) for e in exc.errors())
+            raise InvalidConfigError(f"rollout guards {guards!r} are invalid: {problems}") from None
     else:
         raise InvalidConfigError(f"guards is {guards!r}; give a dict such as "
                                  "{'max_error_rate': 0.01, 'min_requests': 200}")

@@ -132,7 +132,7 @@ def test_a_failing_canary_is_rolled_back_mid_step_and_the_source_restored(setup)
     assert rollout["state"] == "rolled_back"
     assert rollout["reason"] == "canary error rate 0.312 > max_error_rate 0.05 over 64 requests"
     assert run(ctrl.list_endpoints())["ep"]["traffic"] == {"v1": 1.0}
-    assert ctrl.rollbacks[("ep", "canary error rate 0.312")] == 1
+    assert ctrl.rollbacks[("ep", "max_error_rate")] == 1
 
 
 def test_figures_from_before_a_step_do_not_count_in_it(setup):

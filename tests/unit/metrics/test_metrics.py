@@ -59,7 +59,7 @@ def test_request_histograms_and_rollouts_parse_as_prometheus():
     assert buckets["+Inf"] == 100 and buckets["0.0005"] == 0
     assert min(v for le, v in buckets.items() if le != "+Inf" and float(le) >= 0.2) == 100
     errors = {s.labels["kind"]: s.value for s in families["serveplane_request_errors"].samples}
-    assert errors == {"application": 3, "replica": 1}
+    assert errors == {"application": 3, "replica": 1, "timed_out": 0, "expired": 0, "refused": 0}
     weight = families["serveplane_rollout_weight"].samples[0]
     assert (weight.labels["endpoint"], weight.labels["state"], weight.value) == ("ep", "running", 0.25)
     readings = {s.labels["reading"]: s.value for s in families["serveplane_rollout_reading"].samples}
