@@ -267,32 +267,45 @@ def cmd_migrate_state(args: argparse.Namespace) -> int:
                 f"({running['source']}); this command resolved {key.describe()}: run it with the "
                 "controller's key ($SERVEPLANE_STATE_KEY or --state-key-file)")
     namespace = f"serveplane/{args.namespace}"
+    approved = args.item or None
     store = open_store(url)
     try:
-        report = (plan_migration if args.dry_run else migrate_namespace)(store, namespace, key)
+        if args.dry_run:
+            report = plan_migration(store, namespace, key, approved)
+        else:
+            report = migrate_namespace(store, namespace, key, approved)
     finally:
         store.close()
     print(f"namespace {namespace!r} in {redact_url(url)}, under {key.describe()}")
-    for name, record in sorted(report.records.items()):
-        print(f"  + record {name}" + (" (an old tombstone: deleted)" if record is None else ""))
-    for digest in sorted(report.blobs):
-        print(f"  + blob {digest[:16]}... ({len(report.blobs[digest])} bytes)")
+    if report.guarded:
+        print(f"  guarded: {report.guarded}; only the items you name with --item are signed")
+    for item in report.items:
+        state = "+" if report.guarded is None or item.safe or item.id in set(approved or ()) else "?"
+        print(f"  {state} {item.id}  {item.shown}")
     if report.log_resealed:
         print("  + an unfinished change of the previous format, rolled back")
     for where, why in sorted(report.refused.items()):
         print(f"  ! not migrated: {why}")
+    for item_id in report.changed_by_roll_back:
+        print(f"  ! {item_id} changed when the unfinished change was rolled back: run --dry-run again")
     migrated = f"{len(report.records)} record(s) and {len(report.blobs)} blob(s)"
-    if not report.needed:
+    unnamed = [item.id for item in report.unapproved() if item.id not in set(approved or ())]
+    if not report.needed and not unnamed:
         print(f"nothing to migrate ({report.already} item(s) already authenticated)")
     elif args.dry_run:
         print(f"dry run: would migrate {migrated}; nothing was written")
-    else:
+        if unnamed:
+            print("check what each '?' item holds; to sign those you checked, run:\n  serveplane "
+                  f"--namespace {args.namespace} migrate-state " + " ".join(f"--item {i}" for i in unnamed))
+    elif report.needed:
         print(f"migrated {migrated} (epoch {report.epoch}); {report.already} item(s) were already authenticated")
         if controller is not None:
             controller.restart_controller(report.epoch or 0)
             print(f"restarted the controller of namespace {args.namespace!r}: it loaded the migrated state")
         else:
             print("restart the namespace's controller (if one runs) so that it loads the migrated state")
+    else:
+        print("nothing migrated: none of the named items is a candidate")
     return 0
 
 
@@ -352,7 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "format wrote, under the state key; restarts the running controller")
     mg.add_argument("--kv-store", default=None, help="the store's URL (default ray://NAMESPACE)")
     mg.add_argument("--state-key-file", default=None, help="as for run")
-    mg.add_argument("--dry-run", action="store_true", help="list what would be migrated; write nothing")
+    mg.add_argument("--dry-run", action="store_true", help="list what would be signed, with each item's "
+                    "content and id; write nothing")
+    mg.add_argument("--item", action="append", default=None, metavar="ID",
+                    help="sign this item (an id --dry-run lists); required, item by item, in a namespace "
+                    "that already holds authenticated state or epoch claims")
     mg.set_defaults(func=cmd_migrate_state)
     return parser
 
