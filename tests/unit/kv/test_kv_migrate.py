@@ -13,7 +13,7 @@ from serveplane.kv_store import MemoryKVStore, RecordStore, StateKey
 from serveplane.kv_store.migrate import migrate_namespace, plan_migration
 from tests.attacker import plain_document, to_previous_format
 from tests.conftest import TEST_KEY
-from tests.unit.kv.kv_helpers import FaultyStore, InjectedFault
+from tests.unit.kv.kv_helpers import FaultyStore, WriterCrash
 
 CODE = b"\x80\x05code"
 CODE_HASH = "e55a808b7ed774ee7c0107836acb448ac83a661fe33eb16f1030ce08e7c5c47b"  # sha256(CODE), checked below
@@ -93,8 +93,8 @@ def test_an_unfinished_change_of_the_previous_format_is_rolled_back_first(memory
     format) is re-sealed and rolled back before anything is migrated."""
     store, _ = previous_format_state(memory)
     before = {k: memory.get(k) for k in memory.list("ns/records/")}
-    faulty = FaultyStore(memory, fail_at=3, atomic=False)  # the log, one record, then a crash
-    with pytest.raises(InjectedFault):
+    faulty = FaultyStore(memory, fail_at=3, atomic=False, crash=True)  # the log, one record, then a crash
+    with pytest.raises(WriterCrash):
         RecordStore(faulty, "ns", key=TEST_KEY).write(1, {"backend/m": {"code_hash": "half"}})
     log = json.loads(memory.get("ns/txn"))
     memory.put("ns/txn", plain_document(log["payload"], log["epoch"]))  # as the previous format logged it
