@@ -106,11 +106,12 @@ class GRPCProxy:
             await self.wait_settled(SETTLE_WAIT_S if remaining is None else min(SETTLE_WAIT_S, remaining))
             endpoint = self.directory.resolve(named, spec.name)
         remaining = context.time_remaining()
+        # the client's deadline wins, longer or shorter; request_timeout_s bounds a call without one
         timeout_s = self.options.request_timeout_s
         if remaining is not None:
             if remaining <= 0:
                 raise asyncio.TimeoutError()
-            timeout_s = min(timeout_s, remaining)
+            timeout_s = remaining
         opts: dict[str, Any] = {"method_name": spec.name, "timeout_s": timeout_s}
         if metadata.get(SESSION_KEY):
             opts["session_id"] = metadata[SESSION_KEY]
