@@ -132,8 +132,11 @@ class HTTPOptions(_Model):
     ``rate_limit_rps`` is a token bucket per key (per client address without keys), 429 past
     it. At most ``max_concurrent_requests`` requests are in flight (503 past it), a body must
     arrive within ``body_read_timeout_s`` (408) and the bodies held at once never exceed
-    ``max_buffered_body_bytes`` (503), so memory stays bounded under many large or slow
-    uploads. A 500 carries an error id only (the exception is in the proxy's log under it)
+    ``max_buffered_body_bytes`` (503; a body is reserved as its bytes arrive, never by its
+    declared length), so memory stays bounded under many large or slow uploads. A request
+    head must arrive whole within ``request_head_timeout_s`` (408), and at most
+    ``max_connections`` connections are open, ``max_connections_per_client`` from one client
+    address (503 with ``Retry-After`` past either). A 500 carries an error id only (the exception is in the proxy's log under it)
     unless ``debug_errors``.
     """
 
@@ -150,6 +153,9 @@ class HTTPOptions(_Model):
     max_concurrent_requests: int = Field(256, ge=1)
     body_read_timeout_s: float = Field(30.0, gt=0)
     max_buffered_body_bytes: int | None = Field(None, ge=1)
+    request_head_timeout_s: float = Field(10.0, gt=0)   # request line and headers, whole (408)
+    max_connections: int = Field(2048, ge=1)            # open at once, all clients (503)
+    max_connections_per_client: int = Field(256, ge=1)  # open at once, one client address (503)
 
     @field_validator("location")
     @classmethod

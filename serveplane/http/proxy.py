@@ -1,7 +1,10 @@
 """The HTTP proxy actor: routes come from the controller by long-poll.
 
 Invariants: no request can take the proxy down, and none can make it hold unbounded memory.
-Checks run in this order, each answering with short JSON that says what to do:
+Before any request, the connection (``connections.py``): past ``max_connections`` open, or
+``max_connections_per_client`` from its address, 503 and closed; a request head not in
+within ``request_head_timeout_s``, 408 and closed. Then checks run in this order, each
+answering with short JSON that says what to do:
 
 1. ``/-/healthz`` answers at once (no key, no limit);
 2. API keys (``HTTPOptions.api_keys`` / ``api_keys_file``): no valid ``Authorization:
@@ -12,7 +15,8 @@ Checks run in this order, each answering with short JSON that says what to do:
 5. routing: unknown path 404, wrong method 405, ``X-SERVE-CALL-METHOD`` naming a method the
    backend does not expose over HTTP 404 (``serveplane/exposure.py``);
 6. the body: over ``max_body_bytes`` 413 (before it is read whole), not received within
-   ``body_read_timeout_s`` 408, no room left in ``max_buffered_body_bytes`` 503;
+   ``body_read_timeout_s`` 408, no room left in ``max_buffered_body_bytes`` 503 (a body is
+   reserved chunk by chunk as it arrives, never by its declared ``Content-Length``);
 7. the call: its deadline is ``request_timeout_s``, or the ``X-SERVE-TIMEOUT-S`` header
    when that is sooner (a bad header 400); past it 504 (queued past it, it never ran);
    back-pressure 503 with ``Retry-After``, any other error 500 with an error id only (the
@@ -51,6 +55,7 @@ from serveplane.exceptions import (
 )
 from serveplane.exposure import check_name_over_http
 from serveplane.http.auth import ApiKeys, bearer_token
+from serveplane.http.connections import ConnectionLimits, guarded_protocol
 from serveplane.http.limits import Admission, TokenBuckets
 from serveplane.http.request import HTTPRequest
 from serveplane.records import CONTROLLER_NAME, keys
@@ -103,6 +108,7 @@ class ProxyApp:
         self.buckets = (TokenBuckets(options.rate_limit_rps, options.burst)
                         if options.rate_limit_rps is not None else None)
         self.admission = Admission(options.max_concurrent_requests, options.buffered_body_budget)
+        self.connections = ConnectionLimits(options.max_connections, options.max_connections_per_client)
         self.answered: dict[int, int] = {}
 
     def __repr__(self) -> str:
@@ -261,9 +267,9 @@ class ProxyApp:
         declared = int(length) if length is not None and length.isdigit() else None
         if declared is not None and declared > limit:
             raise _BodyRefused(_json(413, f"body of {declared} bytes exceeds max_body_bytes={limit}"))
-        if declared and not self._reserve(declared, reserved):
-            raise _BodyRefused(self._no_room())
-        chunks: list[bytes] = []
+        # reserved as it arrives, never by the declaration: a client that declares a large body
+        # and sends nothing holds nothing of the budget (only its slot, until body_read_timeout_s)
+        body: list[bytes] = []
 
         async def read() -> None:
             size = 0
@@ -273,15 +279,23 @@ class ProxyApp:
                     raise _BodyRefused(_json(413, f"body exceeds max_body_bytes={limit}"))
                 if size > reserved[0] and not self._reserve(size - reserved[0], reserved):
                     raise _BodyRefused(self._no_room())
-                chunks.append(chunk)
+                body.append(chunk)
 
         try:
             await asyncio.wait_for(read(), timeout=self.options.body_read_timeout_s)
         except asyncio.TimeoutError:
+            body.clear()
             raise _BodyRefused(_json(408, f"request body not received within body_read_timeout_s="
                                           f"{self.options.body_read_timeout_s:g}s; send it faster or "
                                           "in a smaller request", {"Connection": "close"})) from None
-        return b"".join(chunks)
+        except BaseException:
+            # freed now, not when the cyclic GC meets the refusal's traceback (which holds it)
+            body.clear()
+            raise
+        try:
+            return b"".join(body)
+        finally:
+            body.clear()
 
     def _reserve(self, n: int, reserved: list[int]) -> bool:
         if not self.admission.reserve(n):
@@ -308,8 +322,9 @@ class ProxyApp:
         return JSONResponse(body, status_code=500)
 
     def statistics(self) -> dict[str, Any]:
-        return {**self.admission.statistics(), "answered": dict(sorted(self.answered.items())),
-                "pid": os.getpid(), "rss_bytes": _rss_bytes(), "peak_rss_bytes": _rss_bytes("VmHWM")}
+        return {**self.admission.statistics(), **self.connections.statistics(), "answered": dict(sorted(self.answered.items())),
+                "pid": os.getpid(), "rss_bytes": _rss_bytes(), "peak_rss_bytes": _rss_bytes("VmHWM"),
+                "rss_anon_bytes": _rss_bytes("RssAnon"), "rss_shmem_bytes": _rss_bytes("RssShmem")}
 
 
 def _rss_bytes(field: str = "VmRSS") -> int | None:
@@ -492,8 +507,9 @@ class HTTPProxyActor:
         client = LongPollClient.get_or_create(CONTROLLER_NAME, self._namespace)
         client.subscribe(keys.ROUTES, self._on_routes)
         self._app = build_app(self._options, self._namespace, self._routes)
+        protocol = guarded_protocol(self._app.connections, self._options.request_head_timeout_s)
         config = uvicorn.Config(self._app, host=self._options.host, port=self._options.port,
-                                log_level="warning", access_log=False, lifespan="off")
+                                log_level="warning", access_log=False, lifespan="off", http=protocol)
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._task = asyncio.get_running_loop().create_task(self._server.serve(), name="serveplane-http")
