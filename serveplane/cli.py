@@ -107,8 +107,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     _connect_ray(args.address, start_local=args.address is None)
     if args.address is None:
         cli_state.write_address(ray.get_runtime_context().gcs_address)
-    http = (config.http or HTTPOptions.model_validate({})).model_copy(
-        update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None})
+    given = {"host": args.host, "port": args.port, "ssl_certfile": args.ssl_certfile,
+             "ssl_keyfile": args.ssl_keyfile, "ssl_ca_certs": args.ssl_ca_certs}
+    http = HTTPOptions.model_validate({**(config.http or HTTPOptions()).model_dump(),
+                                       **{k: v for k, v in given.items() if v is not None}})
     client = serveplane.start(kv_store=config.kv_store or f"ray://{namespace}", namespace=namespace,
                               http_options=http, detached=args.address is not None,
                               state_key_file=args.state_key_file, grpc_options=config.grpc)
@@ -334,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config")
     run.add_argument("--host", default=None)
     run.add_argument("--port", type=int, default=None)
+    run.add_argument("--ssl-certfile", default=None, help="serve HTTPS with this PEM certificate (chain); "
+                     "re-read when it changes (overrides the file's http: section)")
+    run.add_argument("--ssl-keyfile", default=None, help="the PEM private key of --ssl-certfile")
+    run.add_argument("--ssl-ca-certs", default=None, help="mutual TLS: clients must present a certificate "
+                     "from one of these PEM CAs")
     run.add_argument("--state-key-file", default=None, help="the state key's file (default: "
                      "$SERVEPLANE_STATE_KEY, else ~/.config/serveplane/state-key, created 0600)")
     run.set_defaults(func=cmd_run)

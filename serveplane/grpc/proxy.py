@@ -35,6 +35,7 @@ from serveplane.grpc.status import Outcome, internal_error, outcome_of, retry_la
 from serveplane.http.auth import ApiKeys, bearer_token
 from serveplane.http.limits import Admission, TokenBuckets
 from serveplane.records import CONTROLLER_NAME, keys
+from serveplane.tls import GRPCCertificates, TLSFiles
 
 logger = logging.getLogger("serveplane.grpc")
 
@@ -253,6 +254,7 @@ class GRPCProxyActor:
         self._port: int | None = None
         self._error: BaseException | None = None
         self._task: asyncio.Task | None = None
+        self._certificates: GRPCCertificates | None = None
         loop = asyncio.get_running_loop()
         changed = asyncio.Event()
         client = LongPollClient.get_or_create(CONTROLLER_NAME, namespace)
@@ -267,6 +269,8 @@ class GRPCProxyActor:
 
             require_grpc()
             self._specs = read_services(self._options.servicer_functions)
+            files = TLSFiles.of(self._options)
+            self._certificates = GRPCCertificates(files) if files is not None else None
         except Exception as exc:  # noqa: BLE001 - ready() reports it
             self._error = exc
             return
@@ -294,7 +298,11 @@ class GRPCProxyActor:
         reflection.enable_server_reflection(
             [*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         server.add_generic_rpc_handlers((_not_found(proxy),))
-        self._port = server.add_insecure_port(f"{self._options.host}:{self._options.port}")
+        address = f"{self._options.host}:{self._options.port}"
+        if self._certificates is not None:
+            self._port = server.add_secure_port(address, self._certificates.credentials())
+        else:
+            self._port = server.add_insecure_port(address)
         await server.start()
         for name in ("", *services):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -46,6 +46,7 @@ from serveplane.config import HTTPOptions
 from serveplane.dashboard.server import PREFIX as DASHBOARD, api_key_from_query, serve_dashboard
 from serveplane.exceptions import (
     BackPressureError,
+    InvalidConfigError,
     MethodNotExposedError,
     NoReplicasError,
     NotFoundError,
@@ -61,6 +62,7 @@ from serveplane.http.request import HTTPRequest
 from serveplane.records import CONTROLLER_NAME, keys
 from serveplane.replica.streaming import StreamHandoff
 from serveplane.router.stream import HandoffStream
+from serveplane.tls import CHECK_EVERY_S, ReloadingContext, TLSFiles
 
 logger = logging.getLogger("serveplane.http")
 
@@ -497,6 +499,9 @@ class HTTPProxyActor:
         self._app: ProxyApp | None = None
         self._task: asyncio.Task | None = None
         self._ready = asyncio.Event()
+        self._tls: ReloadingContext | None = None
+        self._reloader: asyncio.Task | None = None
+        self._start_error: Exception | None = None
         self._start()
 
     def _start(self) -> None:
@@ -508,12 +513,33 @@ class HTTPProxyActor:
         client.subscribe(keys.ROUTES, self._on_routes)
         self._app = build_app(self._options, self._namespace, self._routes)
         protocol = guarded_protocol(self._app.connections, self._options.request_head_timeout_s)
+        tls: dict[str, Any] = {}
+        files = TLSFiles.of(self._options)
+        if files is not None:
+            try:
+                self._tls = ReloadingContext(files)
+            except InvalidConfigError as exc:
+                self._start_error = exc  # ready() raises it, naming the file
+                return
+            context = self._tls.context
+            tls["ssl_context_factory"] = lambda config, default: context
+            self._reloader = asyncio.get_running_loop().create_task(self._reload_tls(), name="serveplane-http-tls")
         config = uvicorn.Config(self._app, host=self._options.host, port=self._options.port,
-                                log_level="warning", access_log=False, lifespan="off", http=protocol)
+                                log_level="warning", access_log=False, lifespan="off", http=protocol, **tls)
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._task = asyncio.get_running_loop().create_task(self._server.serve(), name="serveplane-http")
         self._task.add_done_callback(self._on_done)
+
+    async def _reload_tls(self) -> None:
+        """Re-read the certificate files when they change (rotation without a restart)."""
+        while True:
+            await asyncio.sleep(CHECK_EVERY_S)
+            try:
+                if self._tls is not None:
+                    self._tls.maybe_reload()
+            except Exception:  # noqa: BLE001 - never stop checking; the old certificate serves
+                logger.exception("checking the TLS files failed")
 
     def _on_routes(self, routes: dict[str, Any] | None) -> None:
         self._routes["routes"] = {r: (e, tuple(m)) for r, (e, m) in (routes or {}).items()}
@@ -523,9 +549,12 @@ class HTTPProxyActor:
             logger.error("http server stopped: %r", task.exception())
 
     async def ready(self) -> str:
+        if self._start_error is not None:
+            raise self._start_error
+        scheme = "https" if self._tls is not None else "http"
         for _ in range(200):
             if self._server is not None and self._server.started:
-                return f"http://{self._options.host}:{self._options.port}"
+                return f"{scheme}://{self._options.host}:{self._options.port}"
             if self._task is not None and self._task.done():
                 exc = self._task.exception()
                 raise RuntimeError(f"http proxy could not start on {self._options.host}:"
@@ -538,7 +567,10 @@ class HTTPProxyActor:
 
     async def statistics(self) -> dict[str, Any]:
         """In flight, bodies held, their peaks, answers by status, pid and resident memory."""
-        return self._app.statistics() if self._app is not None else {}
+        stats = self._app.statistics() if self._app is not None else {}
+        if self._tls is not None:
+            stats["tls_reloads"] = self._tls.reloads
+        return stats
 
     async def wait_for_snapshots(self, snapshot_ids: dict[str, str], timeout_s: float) -> dict[str, str]:
         """Return once this proxy (its routes and the routers of its process) holds these
