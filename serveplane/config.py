@@ -238,6 +238,8 @@ class GRPCOptions(_Model):
     rate_limit_rps: float | None = Field(None, gt=0)
     rate_limit_burst: int | None = Field(None, ge=1)
     max_concurrent_requests: int = Field(256, ge=1)
+    request_head_timeout_s: float = Field(10.0, gt=0)   # a connection's TLS and HTTP/2 handshake
+    max_streams_per_connection: int = Field(100, ge=1)  # concurrent RPCs one connection may open
     ssl_certfile: str | None = None   # as for HTTPOptions: TLS only, and with ssl_ca_certs mutual TLS
     ssl_keyfile: str | None = None
     ssl_ca_certs: str | None = None

@@ -287,7 +287,11 @@ class GRPCProxyActor:
         interceptors = [_reflection_guard(proxy)] if proxy.keys.enabled else []
         server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.so_reuseport", 0),  # a port in use is an error, never a second listener
-            ("grpc.max_receive_message_length", self._options.max_request_bytes)])
+            ("grpc.max_receive_message_length", self._options.max_request_bytes),
+            # a connection that never finishes its handshake (TLS, the HTTP/2 preface and
+            # settings) is closed, and one connection holds a bounded number of streams
+            ("grpc.server_handshake_timeout_ms", int(self._options.request_head_timeout_s * 1000)),
+            ("grpc.max_concurrent_streams", self._options.max_streams_per_connection)])
         services = build_handlers(self._specs, proxy.unary, proxy.stream, proxy.unsupported)
         for service, handlers in services.items():
             server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
