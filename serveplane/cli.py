@@ -311,6 +311,24 @@ def cmd_migrate_state(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_forget_high_water_mark(args: argparse.Namespace) -> int:
+    from serveplane.kv_store.high_water import high_water_for
+    from serveplane.redact import redact_url
+
+    _connect_ray(args.address)
+    mark = high_water_for(args.kv_store, f"serveplane/{args.namespace}")
+    if mark is None:
+        raise ServeplaneError(
+            f"store {redact_url(args.kv_store)} keeps no high-water mark (only sqlite:// and redis:// "
+            "stores do, in the cluster's GCS)")
+    before = mark.read()
+    mark.forget()
+    print(f"forgot the high-water mark of {mark.shown}"
+          + (f" (sequence {before[1]}, epoch {before[0]})" if before else " (none was set)")
+          + "; the next controller starts on the store as it is")
+    return 0
+
+
 def _running_controller(args: argparse.Namespace, needs_ray: bool) -> Any:
     """A client of the namespace's running controller, or None (Ray is joined only when the
     store is the GCS KV or an address is known)."""
@@ -378,6 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="sign this item (an id --dry-run lists); required, item by item, in a namespace "
                     "that already holds authenticated state or epoch claims")
     mg.set_defaults(func=cmd_migrate_state)
+    fh = sub.add_parser("forget-high-water-mark", help="accept a store restored to an older snapshot on "
+                        "purpose: drop the mark of its last commit that the controller checks at start")
+    fh.add_argument("--kv-store", required=True, help="the store's URL (sqlite:// or redis://)")
+    fh.set_defaults(func=cmd_forget_high_water_mark)
     return parser
 
 

@@ -64,6 +64,7 @@ So when a write raises, ``write`` reads ``ns/commit`` back before anything is to
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -80,9 +81,12 @@ from serveplane.kv_store.blobs import Blobs
 from serveplane.kv_store.change_log import ChangeLog
 from serveplane.kv_store.codec import RecordCodec
 from serveplane.kv_store.epochs import EpochClaims
+from serveplane.kv_store.high_water import HighWaterMark
 from serveplane.redact import redact_url
 
 __all__ = ["CommitUnknownError", "RecordStore"]
+
+logger = logging.getLogger(__name__)
 
 COMMIT_NAME = "commit"
 RESOLVE_READS = 3  # reads of the commit record before an outcome is declared unknown
@@ -111,8 +115,10 @@ class RecordStore:
     the last ``read_all(skip_refused=True)`` to why.
     """
 
-    def __init__(self, store: KVStore, namespace: str = "serveplane", *, key: StateKey) -> None:
+    def __init__(self, store: KVStore, namespace: str = "serveplane", *, key: StateKey,
+                 high_water: HighWaterMark | None = None) -> None:
         self.store = store
+        self.high_water = high_water
         self.namespace = namespace
         self.state_key = key
         self.atomic: bool = store.atomic_transactions
@@ -142,7 +148,12 @@ class RecordStore:
 
     # -- epochs ----------------------------------------------------------------------------
     def acquire_epoch(self) -> int:
-        """Claim the next epoch; from now on older epochs can write nothing here."""
+        """Claim the next epoch; from now on older epochs can write nothing here. With a
+        high-water mark, a store rolled back behind it is refused first
+        (``StoreRolledBackError``, nothing claimed)."""
+        if self.high_water is not None:
+            last = self.last_commit()
+            self.high_water.check(int(last["epoch"]) if last else 0, int(last["seq"]) if last else 0)
         epoch = self._epochs.claim_next()
         if not self.atomic:
             # after the claim, not before: the predecessor can no longer add to the change
@@ -190,11 +201,21 @@ class RecordStore:
                 written = self._resolve_failed(_Pending(epoch, txn, mine, previous), exc)
             if written:
                 self._last_commit = mine
+                self._raise_high_water(epoch, mine)
                 return txn
             if self.store.get(self._epochs.fence_key(epoch)) is not None:
                 break
             self._commit_read = False  # another writer of this epoch moved the commit record: re-read once
         raise self._stale(f"checkpoint write with epoch {epoch} refused", epoch)
+
+    def _raise_high_water(self, epoch: int, commit: bytes) -> None:
+        if self.high_water is None:
+            return
+        try:
+            seq = int(self._codec.decode(COMMIT_NAME, commit, self._commit_key)[1]["seq"])
+            self.high_water.raise_to(epoch, seq)
+        except Exception as exc:  # noqa: BLE001 - the change is committed; the mark lags one change
+            logger.warning("could not raise the high-water mark of %r: %s", self.namespace, exc)
 
     def resolve(self) -> bool | None:
         """Settle an unresolved write: True if it applied, False if it did not (and never
