@@ -43,7 +43,13 @@ from typing import Any
 
 from serveplane import tracing
 from serveplane.config import HTTPOptions
-from serveplane.dashboard.server import PREFIX as DASHBOARD, api_key_from_query, serve_dashboard
+from serveplane.dashboard.server import (
+    PREFIX as DASHBOARD,
+    SESSION_COOKIE,
+    DashboardSessions,
+    api_key_from_query,
+    serve_dashboard,
+)
 from serveplane.exceptions import (
     BackPressureError,
     InvalidConfigError,
@@ -111,6 +117,7 @@ class ProxyApp:
                         if options.rate_limit_rps is not None else None)
         self.admission = Admission(options.max_concurrent_requests, options.buffered_body_budget)
         self.connections = ConnectionLimits(options.max_connections, options.max_connections_per_client)
+        self.sessions = DashboardSessions()
         self.answered: dict[int, int] = {}
 
     def __repr__(self) -> str:
@@ -138,9 +145,14 @@ class ProxyApp:
 
         if request.url.path == "/-/healthz":
             return PlainTextResponse("ok")
-        caller = self.keys.match(bearer_token(request.headers.get("authorization"))
-                                 or api_key_from_query(request.url.path, request.query_params)) \
+        query_key = api_key_from_query(request.url.path, request.query_params)
+        caller = self.keys.match(bearer_token(request.headers.get("authorization")) or query_key) \
             if self.keys.enabled else None
+        if self.keys.enabled and caller is None and query_key is None \
+                and request.url.path.startswith(DASHBOARD):
+            session = self.sessions.key_id(request.cookies.get(SESSION_COOKIE))
+            caller = session if session is not None and self.keys.holds(session) else None
+        request.state.query_key_id = caller if query_key is not None else None
         if self.keys.enabled and caller is None:
             return _json(401, "missing or invalid API key; send the header Authorization: Bearer <key>",
                          {"WWW-Authenticate": "Bearer"})
@@ -177,7 +189,8 @@ class ProxyApp:
         if path == "/-/metrics":
             return await _metrics(self.namespace)
         if path == DASHBOARD or path.startswith(DASHBOARD + "/"):
-            return await serve_dashboard(request, self.namespace)
+            return await serve_dashboard(request, self.namespace, self.sessions,
+                                         getattr(request.state, "query_key_id", None))
         target = match_route(self.routes_ref["routes"], path)
         if target is None:
             return _json(404, f"no endpoint serves path {path[:200]!r}; GET /-/routes lists them")
