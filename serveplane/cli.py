@@ -107,8 +107,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     _connect_ray(args.address, start_local=args.address is None)
     if args.address is None:
         cli_state.write_address(ray.get_runtime_context().gcs_address)
-    http = (config.http or HTTPOptions.model_validate({})).model_copy(
-        update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None})
+    given = {"host": args.host, "port": args.port, "ssl_certfile": args.ssl_certfile,
+             "ssl_keyfile": args.ssl_keyfile, "ssl_ca_certs": args.ssl_ca_certs}
+    http = HTTPOptions.model_validate({**(config.http or HTTPOptions()).model_dump(),
+                                       **{k: v for k, v in given.items() if v is not None}})
     client = serveplane.start(kv_store=config.kv_store or f"ray://{namespace}", namespace=namespace,
                               http_options=http, detached=args.address is not None,
                               state_key_file=args.state_key_file, grpc_options=config.grpc)
@@ -267,32 +269,63 @@ def cmd_migrate_state(args: argparse.Namespace) -> int:
                 f"({running['source']}); this command resolved {key.describe()}: run it with the "
                 "controller's key ($SERVEPLANE_STATE_KEY or --state-key-file)")
     namespace = f"serveplane/{args.namespace}"
+    approved = args.item or None
     store = open_store(url)
     try:
-        report = (plan_migration if args.dry_run else migrate_namespace)(store, namespace, key)
+        if args.dry_run:
+            report = plan_migration(store, namespace, key, approved)
+        else:
+            report = migrate_namespace(store, namespace, key, approved)
     finally:
         store.close()
     print(f"namespace {namespace!r} in {redact_url(url)}, under {key.describe()}")
-    for name, record in sorted(report.records.items()):
-        print(f"  + record {name}" + (" (an old tombstone: deleted)" if record is None else ""))
-    for digest in sorted(report.blobs):
-        print(f"  + blob {digest[:16]}... ({len(report.blobs[digest])} bytes)")
+    if report.guarded:
+        print(f"  guarded: {report.guarded}; only the items you name with --item are signed")
+    for item in report.items:
+        state = "+" if report.guarded is None or item.safe or item.id in set(approved or ()) else "?"
+        print(f"  {state} {item.id}  {item.shown}")
     if report.log_resealed:
         print("  + an unfinished change of the previous format, rolled back")
     for where, why in sorted(report.refused.items()):
         print(f"  ! not migrated: {why}")
+    for item_id in report.changed_by_roll_back:
+        print(f"  ! {item_id} changed when the unfinished change was rolled back: run --dry-run again")
     migrated = f"{len(report.records)} record(s) and {len(report.blobs)} blob(s)"
-    if not report.needed:
+    unnamed = [item.id for item in report.unapproved() if item.id not in set(approved or ())]
+    if not report.needed and not unnamed:
         print(f"nothing to migrate ({report.already} item(s) already authenticated)")
     elif args.dry_run:
         print(f"dry run: would migrate {migrated}; nothing was written")
-    else:
+        if unnamed:
+            print("check what each '?' item holds; to sign those you checked, run:\n  serveplane "
+                  f"--namespace {args.namespace} migrate-state " + " ".join(f"--item {i}" for i in unnamed))
+    elif report.needed:
         print(f"migrated {migrated} (epoch {report.epoch}); {report.already} item(s) were already authenticated")
         if controller is not None:
             controller.restart_controller(report.epoch or 0)
             print(f"restarted the controller of namespace {args.namespace!r}: it loaded the migrated state")
         else:
             print("restart the namespace's controller (if one runs) so that it loads the migrated state")
+    else:
+        print("nothing migrated: none of the named items is a candidate")
+    return 0
+
+
+def cmd_forget_high_water_mark(args: argparse.Namespace) -> int:
+    from serveplane.kv_store.high_water import high_water_for
+    from serveplane.redact import redact_url
+
+    _connect_ray(args.address)
+    mark = high_water_for(args.kv_store, f"serveplane/{args.namespace}")
+    if mark is None:
+        raise ServeplaneError(
+            f"store {redact_url(args.kv_store)} keeps no high-water mark (only sqlite:// and redis:// "
+            "stores do, in the cluster's GCS)")
+    before = mark.read()
+    mark.forget()
+    print(f"forgot the high-water mark of {mark.shown}"
+          + (f" (sequence {before[1]}, epoch {before[0]})" if before else " (none was set)")
+          + "; the next controller starts on the store as it is")
     return 0
 
 
@@ -321,6 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config")
     run.add_argument("--host", default=None)
     run.add_argument("--port", type=int, default=None)
+    run.add_argument("--ssl-certfile", default=None, help="serve HTTPS with this PEM certificate (chain); "
+                     "re-read when it changes (overrides the file's http: section)")
+    run.add_argument("--ssl-keyfile", default=None, help="the PEM private key of --ssl-certfile")
+    run.add_argument("--ssl-ca-certs", default=None, help="mutual TLS: clients must present a certificate "
+                     "from one of these PEM CAs")
     run.add_argument("--state-key-file", default=None, help="the state key's file (default: "
                      "$SERVEPLANE_STATE_KEY, else ~/.config/serveplane/state-key, created 0600)")
     run.set_defaults(func=cmd_run)
@@ -352,8 +390,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "format wrote, under the state key; restarts the running controller")
     mg.add_argument("--kv-store", default=None, help="the store's URL (default ray://NAMESPACE)")
     mg.add_argument("--state-key-file", default=None, help="as for run")
-    mg.add_argument("--dry-run", action="store_true", help="list what would be migrated; write nothing")
+    mg.add_argument("--dry-run", action="store_true", help="list what would be signed, with each item's "
+                    "content and id; write nothing")
+    mg.add_argument("--item", action="append", default=None, metavar="ID",
+                    help="sign this item (an id --dry-run lists); required, item by item, in a namespace "
+                    "that already holds authenticated state or epoch claims")
     mg.set_defaults(func=cmd_migrate_state)
+    fh = sub.add_parser("forget-high-water-mark", help="accept a store restored to an older snapshot on "
+                        "purpose: drop the mark of its last commit that the controller checks at start")
+    fh.add_argument("--kv-store", required=True, help="the store's URL (sqlite:// or redis://)")
+    fh.set_defaults(func=cmd_forget_high_water_mark)
     return parser
 
 

@@ -124,6 +124,17 @@ DEFAULT_MAX_BUFFERED_BODY_BYTES = 512 * 1024 * 1024
 SECRET_FIELDS = frozenset({"api_keys"})
 
 
+def check_tls_fields(options: Any) -> None:
+    """The TLS fields of an ingress: certificate and key together; client CAs only with them.
+    (The files are read by the proxy, on its node, when it starts.)"""
+    if bool(options.ssl_certfile) != bool(options.ssl_keyfile):
+        given, missing = ("ssl_certfile", "ssl_keyfile") if options.ssl_certfile else ("ssl_keyfile", "ssl_certfile")
+        raise ValueError(f"{given} is set but {missing} is not; TLS needs both (PEM files), or neither")
+    if options.ssl_ca_certs and not options.ssl_certfile:
+        raise ValueError("ssl_ca_certs (mutual TLS) is set without ssl_certfile and ssl_keyfile; "
+                         "the server needs its own certificate first")
+
+
 class HTTPOptions(_Model):
     """The HTTP proxy: where it listens, what it accepts, and the bounds that keep it up.
 
@@ -132,8 +143,11 @@ class HTTPOptions(_Model):
     ``rate_limit_rps`` is a token bucket per key (per client address without keys), 429 past
     it. At most ``max_concurrent_requests`` requests are in flight (503 past it), a body must
     arrive within ``body_read_timeout_s`` (408) and the bodies held at once never exceed
-    ``max_buffered_body_bytes`` (503), so memory stays bounded under many large or slow
-    uploads. A 500 carries an error id only (the exception is in the proxy's log under it)
+    ``max_buffered_body_bytes`` (503; a body is reserved as its bytes arrive, never by its
+    declared length), so memory stays bounded under many large or slow uploads. A request
+    head must arrive whole within ``request_head_timeout_s`` (408), and at most
+    ``max_connections`` connections are open, ``max_connections_per_client`` from one client
+    address (503 with ``Retry-After`` past either). A 500 carries an error id only (the exception is in the proxy's log under it)
     unless ``debug_errors``.
     """
 
@@ -150,6 +164,12 @@ class HTTPOptions(_Model):
     max_concurrent_requests: int = Field(256, ge=1)
     body_read_timeout_s: float = Field(30.0, gt=0)
     max_buffered_body_bytes: int | None = Field(None, ge=1)
+    request_head_timeout_s: float = Field(10.0, gt=0)   # request line and headers, whole (408)
+    max_connections: int = Field(2048, ge=1)            # open at once, all clients (503)
+    max_connections_per_client: int = Field(256, ge=1)  # open at once, one client address (503)
+    ssl_certfile: str | None = None   # PEM certificate (chain): serve HTTPS only
+    ssl_keyfile: str | None = None    # PEM private key of ssl_certfile
+    ssl_ca_certs: str | None = None   # PEM client CAs: mutual TLS, a client certificate required
 
     @field_validator("location")
     @classmethod
@@ -171,6 +191,7 @@ class HTTPOptions(_Model):
     def _bounds(self) -> HTTPOptions:
         if self.rate_limit_burst is not None and self.rate_limit_rps is None:
             raise ValueError("rate_limit_burst is set but rate_limit_rps is not; set both, or neither")
+        check_tls_fields(self)
         if self.max_buffered_body_bytes is not None and self.max_buffered_body_bytes < self.max_body_bytes:
             raise ValueError(
                 f"max_buffered_body_bytes ({self.max_buffered_body_bytes}) is less than max_body_bytes "
@@ -217,6 +238,16 @@ class GRPCOptions(_Model):
     rate_limit_rps: float | None = Field(None, gt=0)
     rate_limit_burst: int | None = Field(None, ge=1)
     max_concurrent_requests: int = Field(256, ge=1)
+    request_head_timeout_s: float = Field(10.0, gt=0)   # a connection's TLS and HTTP/2 handshake
+    max_streams_per_connection: int = Field(100, ge=1)  # concurrent RPCs one connection may open
+    ssl_certfile: str | None = None   # as for HTTPOptions: TLS only, and with ssl_ca_certs mutual TLS
+    ssl_keyfile: str | None = None
+    ssl_ca_certs: str | None = None
+
+    @model_validator(mode="after")
+    def _tls(self) -> GRPCOptions:
+        check_tls_fields(self)
+        return self
 
     @field_validator("servicer_functions")
     @classmethod

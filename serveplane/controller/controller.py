@@ -61,6 +61,7 @@ from serveplane.exceptions import (
     StaleEpochError,
 )
 from serveplane.kv_store import RecordStore, StateKey, open_store
+from serveplane.kv_store.high_water import high_water_for
 from serveplane.long_poll import LongPollHost
 from serveplane.records import keys
 from serveplane.redact import redact_url
@@ -131,7 +132,8 @@ class ServeController(RolloutRPCs, MetricsRPCs, DashboardPublisher):
         self._run_ray = run_ray
         self._actors: ActorDirectory = actors or RayActorDirectory(namespace)
         records = RecordStore(store if store is not None else open_store(kv_url),
-                              namespace=f"serveplane/{namespace}", key=state_key)
+                              namespace=f"serveplane/{namespace}", key=state_key,
+                              high_water=high_water_for(kv_url, f"serveplane/{namespace}") if store is None else None)
         self._persistence = Persistence(records, records.acquire_epoch(), run_io)
         # the epoch orders snapshot ids across controller restarts (read-your-writes waits)
         self._long_poll = LongPollHost(generation=self._persistence.epoch)

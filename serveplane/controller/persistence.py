@@ -11,6 +11,12 @@ Invariants:
   one-thread executor in production, so writes keep their order; inline in the simulator);
 - a write refused for a stale epoch marks this controller stale for good: it never writes
   or acts again;
+- a write whose store call raised is resolved by ``RecordStore.write`` reading its commit
+  record back before anything is told: it returns only if the change is in the store and
+  raises only if it is not (and never will be). When even that read fails the outcome is
+  unknown (``CommitUnknownError``): memory stays as it was, and the next write first asks
+  the store again; if the change turns out written after all, memory is behind the store,
+  so this controller stops (as if stale) and a restart reloads the truth;
 - a record or blob the store holds but that fails authentication (or is damaged) is never
   returned: ``refused`` lists it for ``get_status()`` until a write replaces or deletes it.
 """
@@ -26,6 +32,7 @@ from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from serveplane.exceptions import CorruptCheckpointError, StaleEpochError
 from serveplane.kv_store import RecordStore
+from serveplane.kv_store.checkpoint import CommitUnknownError
 
 logger = logging.getLogger(__name__)
 
@@ -152,10 +159,16 @@ class Persistence:
             raise self.stale
         if not change:
             return
+        if self.store.unresolved is not None:
+            await self._resolve_unknown()
         try:
             await self._run_io(self.store.write, self.epoch, change.records, change.blobs)
         except StaleEpochError as exc:
             self._mark_stale(exc)
+            raise
+        except CommitUnknownError as exc:
+            logger.error("controller epoch %d: a write's outcome is unknown; memory is left as it "
+                         "was and the store is asked again before the next write: %s", self.epoch, exc)
             raise
         self.refused.written(change)
         for digest, data in change.blobs.items():
@@ -163,6 +176,22 @@ class Persistence:
                 self._forget(digest)
             else:
                 self._remember(digest, data)
+
+    async def _resolve_unknown(self) -> None:
+        pending = self.store.unresolved
+        applied = await self._run_io(self.store.resolve)
+        if applied is None:
+            raise CommitUnknownError(
+                self.store.store.url, "write",
+                f"an earlier change ({pending.txn if pending else '?'}) has an unknown outcome and the "
+                "store still cannot say; nothing more is written until it can")
+        if applied:
+            self._mark_stale(StaleEpochError(
+                f"change {pending.txn if pending else '?'} of epoch {self.epoch}, reported as not "
+                "written when the store could not be read, is in the store: this controller's "
+                "memory is behind its store; restart the controller (Client.restart_controller) "
+                "to load it"))
+            raise self.stale  # type: ignore[misc]
 
     async def check_epoch(self) -> bool:
         """True while this controller still owns its namespace (one store read)."""

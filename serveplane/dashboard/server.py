@@ -13,15 +13,24 @@ of buffering, so a viewer can make the proxy hold at most one snapshot.
 
 Auth: the proxy checks API keys before any of this (``/-/metrics``'s rule). A browser
 cannot send ``Authorization`` with ``EventSource``, so on these paths the key may also come
-as ``?key=``, which the page passes on to its feed and files (``api_key_from_query``).
+as ``?key=`` (``api_key_from_query``), once: the page answers it with a redirect to itself
+without the key and a session cookie (``DashboardSessions``: HttpOnly, SameSite=Strict,
+``Path=/-/dashboard``, ``Secure`` over TLS, ``SESSION_TTL_S``), so the key does not stay in
+the address bar or the browser's history; the page, its files and its feed then go by the
+cookie. A session names its key by id and ends when that key is no longer accepted, when it
+expires, or when the proxy restarts (its signing secret lives in the proxy's memory).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import math
+import os
 import threading
+import time
 from importlib import resources
 from typing import Any, AsyncIterator
 from urllib.parse import quote
@@ -33,6 +42,45 @@ PREFIX = "/-/dashboard"
 STATIC = {"dashboard.css": "text/css; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8"}
 KEEPALIVE_S = 15.0
 RETRY_MS = 2000
+
+
+SESSION_COOKIE = "serveplane_dashboard"
+SESSION_TTL_S = 3600
+
+
+class DashboardSessions:
+    """Signed, expiring session tokens: ``<expiry>.<key id>.<HMAC-SHA256>`` under a secret
+    of this proxy process."""
+
+    def __init__(self, clock: Any = time.time, ttl_s: float = SESSION_TTL_S) -> None:
+        self._secret = os.urandom(32)
+        self._clock = clock
+        self.ttl_s = ttl_s
+
+    def __repr__(self) -> str:
+        return f"<DashboardSessions ttl {self.ttl_s:g}s>"
+
+    def _mac(self, body: str) -> str:
+        return hmac.new(self._secret, body.encode(), hashlib.sha256).hexdigest()
+
+    def issue(self, key_id: str) -> str:
+        body = f"{int(self._clock() + self.ttl_s)}.{key_id}"
+        return f"{body}.{self._mac(body)}"
+
+    def key_id(self, token: str | None) -> str | None:
+        """The key id of a valid, unexpired token; else None."""
+        if not token or token.count(".") != 2:
+            return None
+        expiry, key_id, mac = token.split(".")
+        if not hmac.compare_digest(mac, self._mac(f"{expiry}.{key_id}")):
+            return None
+        if not expiry.isdigit() or int(expiry) < self._clock():
+            return None
+        return key_id
+
+    def cookie(self, key_id: str, secure: bool) -> str:
+        return (f"{SESSION_COOKIE}={self.issue(key_id)}; Max-Age={int(self.ttl_s)}; Path={PREFIX}; "
+                f"HttpOnly; SameSite=Strict" + ("; Secure" if secure else ""))
 
 
 def api_key_from_query(path: str, query_params: Any) -> str | None:
@@ -173,9 +221,11 @@ def _asset(name: str) -> bytes:
     return resources.files("serveplane.dashboard").joinpath("static").joinpath(name).read_bytes()
 
 
-async def serve_dashboard(request: Any, namespace: str) -> Any:
-    """The answer to any ``/-/dashboard...`` path (the proxy already checked the API key)."""
-    from starlette.responses import JSONResponse, Response, StreamingResponse
+async def serve_dashboard(request: Any, namespace: str, sessions: DashboardSessions | None = None,
+                          key_id: str | None = None) -> Any:
+    """The answer to any ``/-/dashboard...`` path (the proxy already checked the API key;
+    ``key_id`` is the key's id when it came as ``?key=``, which the page trades for a cookie)."""
+    from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 
     path = request.url.path
     if request.method not in ("GET", "HEAD"):
@@ -183,6 +233,11 @@ async def serve_dashboard(request: Any, namespace: str) -> Any:
                                       "allowed: GET"}, status_code=405, headers={"Allow": "GET"})
     key = request.query_params.get("key")
     suffix = f"?key={quote(key, safe='')}" if key else ""
+    if path in (PREFIX, PREFIX + "/") and key and key_id is not None and sessions is not None:
+        # the key leaves the URL (and the history) at once; the cookie carries the session
+        return RedirectResponse(PREFIX, status_code=303, headers={
+            "Set-Cookie": sessions.cookie(key_id, secure=request.url.scheme == "https"),
+            "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
     if path in (PREFIX, PREFIX + "/"):
         page = _asset("index.html").replace(b"{{KEY_QUERY}}", suffix.encode())
         return Response(page, media_type="text/html; charset=utf-8",

@@ -35,6 +35,7 @@ from serveplane.grpc.status import Outcome, internal_error, outcome_of, retry_la
 from serveplane.http.auth import ApiKeys, bearer_token
 from serveplane.http.limits import Admission, TokenBuckets
 from serveplane.records import CONTROLLER_NAME, keys
+from serveplane.tls import GRPCCertificates, TLSFiles
 
 logger = logging.getLogger("serveplane.grpc")
 
@@ -106,11 +107,12 @@ class GRPCProxy:
             await self.wait_settled(SETTLE_WAIT_S if remaining is None else min(SETTLE_WAIT_S, remaining))
             endpoint = self.directory.resolve(named, spec.name)
         remaining = context.time_remaining()
+        # the client's deadline wins, longer or shorter; request_timeout_s bounds a call without one
         timeout_s = self.options.request_timeout_s
         if remaining is not None:
             if remaining <= 0:
                 raise asyncio.TimeoutError()
-            timeout_s = min(timeout_s, remaining)
+            timeout_s = remaining
         opts: dict[str, Any] = {"method_name": spec.name, "timeout_s": timeout_s}
         if metadata.get(SESSION_KEY):
             opts["session_id"] = metadata[SESSION_KEY]
@@ -252,6 +254,7 @@ class GRPCProxyActor:
         self._port: int | None = None
         self._error: BaseException | None = None
         self._task: asyncio.Task | None = None
+        self._certificates: GRPCCertificates | None = None
         loop = asyncio.get_running_loop()
         changed = asyncio.Event()
         client = LongPollClient.get_or_create(CONTROLLER_NAME, namespace)
@@ -266,6 +269,8 @@ class GRPCProxyActor:
 
             require_grpc()
             self._specs = read_services(self._options.servicer_functions)
+            files = TLSFiles.of(self._options)
+            self._certificates = GRPCCertificates(files) if files is not None else None
         except Exception as exc:  # noqa: BLE001 - ready() reports it
             self._error = exc
             return
@@ -282,7 +287,11 @@ class GRPCProxyActor:
         interceptors = [_reflection_guard(proxy)] if proxy.keys.enabled else []
         server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.so_reuseport", 0),  # a port in use is an error, never a second listener
-            ("grpc.max_receive_message_length", self._options.max_request_bytes)])
+            ("grpc.max_receive_message_length", self._options.max_request_bytes),
+            # a connection that never finishes its handshake (TLS, the HTTP/2 preface and
+            # settings) is closed, and one connection holds a bounded number of streams
+            ("grpc.server_handshake_timeout_ms", int(self._options.request_head_timeout_s * 1000)),
+            ("grpc.max_concurrent_streams", self._options.max_streams_per_connection)])
         services = build_handlers(self._specs, proxy.unary, proxy.stream, proxy.unsupported)
         for service, handlers in services.items():
             server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
@@ -293,7 +302,11 @@ class GRPCProxyActor:
         reflection.enable_server_reflection(
             [*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         server.add_generic_rpc_handlers((_not_found(proxy),))
-        self._port = server.add_insecure_port(f"{self._options.host}:{self._options.port}")
+        address = f"{self._options.host}:{self._options.port}"
+        if self._certificates is not None:
+            self._port = server.add_secure_port(address, self._certificates.credentials())
+        else:
+            self._port = server.add_insecure_port(address)
         await server.start()
         for name in ("", *services):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -66,6 +66,12 @@ class ApiKeys:
         digest = key_digest(presented)
         return digest[:12] if digest in self._static or digest in self._from_file else None
 
+    def holds(self, key_id: str) -> bool:
+        """Whether the key of this id (``match``'s answer) is still one of ours."""
+        if self._path is not None and self._clock() - self._checked_at >= self._check_period_s:
+            self._reload()
+        return len(key_id) == 12 and any(d.startswith(key_id) for d in self._static | self._from_file)
+
     def _reload(self, raise_errors: bool = False) -> None:
         assert self._path is not None
         self._checked_at = self._clock()

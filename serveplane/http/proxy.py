@@ -1,7 +1,10 @@
 """The HTTP proxy actor: routes come from the controller by long-poll.
 
 Invariants: no request can take the proxy down, and none can make it hold unbounded memory.
-Checks run in this order, each answering with short JSON that says what to do:
+Before any request, the connection (``connections.py``): past ``max_connections`` open, or
+``max_connections_per_client`` from its address, 503 and closed; a request head not in
+within ``request_head_timeout_s``, 408 and closed. Then checks run in this order, each
+answering with short JSON that says what to do:
 
 1. ``/-/healthz`` answers at once (no key, no limit);
 2. API keys (``HTTPOptions.api_keys`` / ``api_keys_file``): no valid ``Authorization:
@@ -12,7 +15,8 @@ Checks run in this order, each answering with short JSON that says what to do:
 5. routing: unknown path 404, wrong method 405, ``X-SERVE-CALL-METHOD`` naming a method the
    backend does not expose over HTTP 404 (``serveplane/exposure.py``);
 6. the body: over ``max_body_bytes`` 413 (before it is read whole), not received within
-   ``body_read_timeout_s`` 408, no room left in ``max_buffered_body_bytes`` 503;
+   ``body_read_timeout_s`` 408, no room left in ``max_buffered_body_bytes`` 503 (a body is
+   reserved chunk by chunk as it arrives, never by its declared ``Content-Length``);
 7. the call: its deadline is ``request_timeout_s``, or the ``X-SERVE-TIMEOUT-S`` header
    when that is sooner (a bad header 400); past it 504 (queued past it, it never ran);
    back-pressure 503 with ``Retry-After``, any other error 500 with an error id only (the
@@ -39,9 +43,16 @@ from typing import Any
 
 from serveplane import tracing
 from serveplane.config import HTTPOptions
-from serveplane.dashboard.server import PREFIX as DASHBOARD, api_key_from_query, serve_dashboard
+from serveplane.dashboard.server import (
+    PREFIX as DASHBOARD,
+    SESSION_COOKIE,
+    DashboardSessions,
+    api_key_from_query,
+    serve_dashboard,
+)
 from serveplane.exceptions import (
     BackPressureError,
+    InvalidConfigError,
     MethodNotExposedError,
     NoReplicasError,
     NotFoundError,
@@ -51,11 +62,13 @@ from serveplane.exceptions import (
 )
 from serveplane.exposure import check_name_over_http
 from serveplane.http.auth import ApiKeys, bearer_token
+from serveplane.http.connections import ConnectionLimits, guarded_protocol
 from serveplane.http.limits import Admission, TokenBuckets
 from serveplane.http.request import HTTPRequest
 from serveplane.records import CONTROLLER_NAME, keys
 from serveplane.replica.streaming import StreamHandoff
 from serveplane.router.stream import HandoffStream
+from serveplane.tls import CHECK_EVERY_S, ReloadingContext, TLSFiles
 
 logger = logging.getLogger("serveplane.http")
 
@@ -103,6 +116,8 @@ class ProxyApp:
         self.buckets = (TokenBuckets(options.rate_limit_rps, options.burst)
                         if options.rate_limit_rps is not None else None)
         self.admission = Admission(options.max_concurrent_requests, options.buffered_body_budget)
+        self.connections = ConnectionLimits(options.max_connections, options.max_connections_per_client)
+        self.sessions = DashboardSessions()
         self.answered: dict[int, int] = {}
 
     def __repr__(self) -> str:
@@ -130,9 +145,14 @@ class ProxyApp:
 
         if request.url.path == "/-/healthz":
             return PlainTextResponse("ok")
-        caller = self.keys.match(bearer_token(request.headers.get("authorization"))
-                                 or api_key_from_query(request.url.path, request.query_params)) \
+        query_key = api_key_from_query(request.url.path, request.query_params)
+        caller = self.keys.match(bearer_token(request.headers.get("authorization")) or query_key) \
             if self.keys.enabled else None
+        if self.keys.enabled and caller is None and query_key is None \
+                and request.url.path.startswith(DASHBOARD):
+            session = self.sessions.key_id(request.cookies.get(SESSION_COOKIE))
+            caller = session if session is not None and self.keys.holds(session) else None
+        request.state.query_key_id = caller if query_key is not None else None
         if self.keys.enabled and caller is None:
             return _json(401, "missing or invalid API key; send the header Authorization: Bearer <key>",
                          {"WWW-Authenticate": "Bearer"})
@@ -169,7 +189,8 @@ class ProxyApp:
         if path == "/-/metrics":
             return await _metrics(self.namespace)
         if path == DASHBOARD or path.startswith(DASHBOARD + "/"):
-            return await serve_dashboard(request, self.namespace)
+            return await serve_dashboard(request, self.namespace, self.sessions,
+                                         getattr(request.state, "query_key_id", None))
         target = match_route(self.routes_ref["routes"], path)
         if target is None:
             return _json(404, f"no endpoint serves path {path[:200]!r}; GET /-/routes lists them")
@@ -261,9 +282,9 @@ class ProxyApp:
         declared = int(length) if length is not None and length.isdigit() else None
         if declared is not None and declared > limit:
             raise _BodyRefused(_json(413, f"body of {declared} bytes exceeds max_body_bytes={limit}"))
-        if declared and not self._reserve(declared, reserved):
-            raise _BodyRefused(self._no_room())
-        chunks: list[bytes] = []
+        # reserved as it arrives, never by the declaration: a client that declares a large body
+        # and sends nothing holds nothing of the budget (only its slot, until body_read_timeout_s)
+        body: list[bytes] = []
 
         async def read() -> None:
             size = 0
@@ -273,15 +294,23 @@ class ProxyApp:
                     raise _BodyRefused(_json(413, f"body exceeds max_body_bytes={limit}"))
                 if size > reserved[0] and not self._reserve(size - reserved[0], reserved):
                     raise _BodyRefused(self._no_room())
-                chunks.append(chunk)
+                body.append(chunk)
 
         try:
             await asyncio.wait_for(read(), timeout=self.options.body_read_timeout_s)
         except asyncio.TimeoutError:
+            body.clear()
             raise _BodyRefused(_json(408, f"request body not received within body_read_timeout_s="
                                           f"{self.options.body_read_timeout_s:g}s; send it faster or "
                                           "in a smaller request", {"Connection": "close"})) from None
-        return b"".join(chunks)
+        except BaseException:
+            # freed now, not when the cyclic GC meets the refusal's traceback (which holds it)
+            body.clear()
+            raise
+        try:
+            return b"".join(body)
+        finally:
+            body.clear()
 
     def _reserve(self, n: int, reserved: list[int]) -> bool:
         if not self.admission.reserve(n):
@@ -308,8 +337,9 @@ class ProxyApp:
         return JSONResponse(body, status_code=500)
 
     def statistics(self) -> dict[str, Any]:
-        return {**self.admission.statistics(), "answered": dict(sorted(self.answered.items())),
-                "pid": os.getpid(), "rss_bytes": _rss_bytes(), "peak_rss_bytes": _rss_bytes("VmHWM")}
+        return {**self.admission.statistics(), **self.connections.statistics(), "answered": dict(sorted(self.answered.items())),
+                "pid": os.getpid(), "rss_bytes": _rss_bytes(), "peak_rss_bytes": _rss_bytes("VmHWM"),
+                "rss_anon_bytes": _rss_bytes("RssAnon"), "rss_shmem_bytes": _rss_bytes("RssShmem")}
 
 
 def _rss_bytes(field: str = "VmRSS") -> int | None:
@@ -482,6 +512,9 @@ class HTTPProxyActor:
         self._app: ProxyApp | None = None
         self._task: asyncio.Task | None = None
         self._ready = asyncio.Event()
+        self._tls: ReloadingContext | None = None
+        self._reloader: asyncio.Task | None = None
+        self._start_error: Exception | None = None
         self._start()
 
     def _start(self) -> None:
@@ -492,12 +525,34 @@ class HTTPProxyActor:
         client = LongPollClient.get_or_create(CONTROLLER_NAME, self._namespace)
         client.subscribe(keys.ROUTES, self._on_routes)
         self._app = build_app(self._options, self._namespace, self._routes)
+        protocol = guarded_protocol(self._app.connections, self._options.request_head_timeout_s)
+        tls: dict[str, Any] = {}
+        files = TLSFiles.of(self._options)
+        if files is not None:
+            try:
+                self._tls = ReloadingContext(files)
+            except InvalidConfigError as exc:
+                self._start_error = exc  # ready() raises it, naming the file
+                return
+            context = self._tls.context
+            tls["ssl_context_factory"] = lambda config, default: context
+            self._reloader = asyncio.get_running_loop().create_task(self._reload_tls(), name="serveplane-http-tls")
         config = uvicorn.Config(self._app, host=self._options.host, port=self._options.port,
-                                log_level="warning", access_log=False, lifespan="off")
+                                log_level="warning", access_log=False, lifespan="off", http=protocol, **tls)
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._task = asyncio.get_running_loop().create_task(self._server.serve(), name="serveplane-http")
         self._task.add_done_callback(self._on_done)
+
+    async def _reload_tls(self) -> None:
+        """Re-read the certificate files when they change (rotation without a restart)."""
+        while True:
+            await asyncio.sleep(CHECK_EVERY_S)
+            try:
+                if self._tls is not None:
+                    self._tls.maybe_reload()
+            except Exception:  # noqa: BLE001 - never stop checking; the old certificate serves
+                logger.exception("checking the TLS files failed")
 
     def _on_routes(self, routes: dict[str, Any] | None) -> None:
         self._routes["routes"] = {r: (e, tuple(m)) for r, (e, m) in (routes or {}).items()}
@@ -507,9 +562,12 @@ class HTTPProxyActor:
             logger.error("http server stopped: %r", task.exception())
 
     async def ready(self) -> str:
+        if self._start_error is not None:
+            raise self._start_error
+        scheme = "https" if self._tls is not None else "http"
         for _ in range(200):
             if self._server is not None and self._server.started:
-                return f"http://{self._options.host}:{self._options.port}"
+                return f"{scheme}://{self._options.host}:{self._options.port}"
             if self._task is not None and self._task.done():
                 exc = self._task.exception()
                 raise RuntimeError(f"http proxy could not start on {self._options.host}:"
@@ -522,7 +580,10 @@ class HTTPProxyActor:
 
     async def statistics(self) -> dict[str, Any]:
         """In flight, bodies held, their peaks, answers by status, pid and resident memory."""
-        return self._app.statistics() if self._app is not None else {}
+        stats = self._app.statistics() if self._app is not None else {}
+        if self._tls is not None:
+            stats["tls_reloads"] = self._tls.reloads
+        return stats
 
     async def wait_for_snapshots(self, snapshot_ids: dict[str, str], timeout_s: float) -> dict[str, str]:
         """Return once this proxy (its routes and the routers of its process) holds these

@@ -54,8 +54,9 @@ class Blobs:
         if not stored.startswith(MAGIC) or len(stored) < HEADER_BYTES:
             raise StateAuthenticationError(
                 f"blob {key!r} fails authentication: it carries no MAC (written by the previous, "
-                "unauthenticated format, or by something that does not hold the state key); run "
-                "`serveplane migrate-state` once if this namespace predates authenticated state; "
+                "unauthenticated format, or by something that does not hold the state key); if this "
+                "namespace predates authenticated state, check it with `serveplane migrate-state "
+                "--dry-run`; "
                 "refusing to load it")
         mac, data = stored[len(MAGIC):HEADER_BYTES], stored[HEADER_BYTES:]
         if not self._key.verify(mac, _TAG, self.namespace.encode(), digest.encode()):

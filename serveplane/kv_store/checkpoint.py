@@ -10,6 +10,9 @@ Keys, for a namespace ``ns``:
 - ``ns/blob/<sha256>``: content-addressed, authenticated blobs (``blobs.py``).
 - ``ns/epochs/<epoch>`` and ``ns/epoch``: epoch claims (``epochs.py``).
 - ``ns/txn``: the undo log, on stores without atomic transactions only (``change_log.py``).
+- ``ns/commit``: the last change's commit record ``{"txn", "seq", "abandons"}`` (written by
+  epoch E, authenticated like a record): every write puts it, last, in its transaction, and
+  checks that it still holds what the writer saw before.
 
 Invariants:
 
@@ -44,22 +47,64 @@ raised never takes effect, on this store as on the others. What stays weaker the
   back;
 - a zombie in that window can overwrite or delete the successor's log.
 The controller, the single writer of its namespace, stops at its first refused write.
+
+**Unknown commit results** (FoundationDB's ``commit_unknown_result``). A store call can raise
+after its write applied (a reply lost after Redis ran the script, a connection reset after
+commit). Every change carries a transaction id, recorded in ``ns/commit`` by the change
+itself, and each change checks that ``ns/commit`` still holds the commit record before it.
+So when a write raises, ``write`` reads ``ns/commit`` back before anything is told:
+
+- it holds this change's id: the change applied; ``write`` returns as if nothing had failed;
+- it still holds the record before: the change may still be in flight (a late ``EXEC``), so
+  the writer fences it off by writing an *abandon* commit record over that one (a change
+  checked against the old record can then never apply) and raises the error: not written;
+- the store cannot be read: ``CommitUnknownError``; the write is ``unresolved`` and every
+  later write refuses to start until ``resolve()`` says what happened.
 """
 
 from __future__ import annotations
 
+import logging
+import uuid
+from dataclasses import dataclass
 from typing import Any, Mapping
 
-from serveplane.exceptions import CorruptCheckpointError, InvalidInputError, StaleEpochError
+from serveplane.exceptions import (
+    CorruptCheckpointError,
+    InvalidInputError,
+    KVStoreUnavailableError,
+    StaleEpochError,
+)
 from serveplane.kv_store.auth import StateKey
 from serveplane.kv_store.base import Changes, KVStore
 from serveplane.kv_store.blobs import Blobs
 from serveplane.kv_store.change_log import ChangeLog
 from serveplane.kv_store.codec import RecordCodec
 from serveplane.kv_store.epochs import EpochClaims
+from serveplane.kv_store.high_water import HighWaterMark
 from serveplane.redact import redact_url
 
-__all__ = ["RecordStore"]
+__all__ = ["CommitUnknownError", "RecordStore"]
+
+logger = logging.getLogger(__name__)
+
+COMMIT_NAME = "commit"
+RESOLVE_READS = 3  # reads of the commit record before an outcome is declared unknown
+
+
+class CommitUnknownError(KVStoreUnavailableError):
+    """A write raised and its outcome could not be read back: it may or may not be in the
+    store. The writer writes nothing more until ``RecordStore.resolve`` settles it."""
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A write whose outcome is not known yet."""
+
+    epoch: int
+    txn: str
+    mine: bytes              # the commit record it wrote
+    previous: bytes | None   # the commit record it checked
 
 
 class RecordStore:
@@ -70,8 +115,10 @@ class RecordStore:
     the last ``read_all(skip_refused=True)`` to why.
     """
 
-    def __init__(self, store: KVStore, namespace: str = "serveplane", *, key: StateKey) -> None:
+    def __init__(self, store: KVStore, namespace: str = "serveplane", *, key: StateKey,
+                 high_water: HighWaterMark | None = None) -> None:
         self.store = store
+        self.high_water = high_water
         self.namespace = namespace
         self.state_key = key
         self.atomic: bool = store.atomic_transactions
@@ -83,6 +130,10 @@ class RecordStore:
         self._epochs = EpochClaims(store, namespace)
         self._blobs = Blobs(store, namespace, key)
         self._log = ChangeLog(store, self._codec)
+        self._commit_key = f"{namespace}/{COMMIT_NAME}"
+        self._last_commit: bytes | None = None
+        self._commit_read = False
+        self.unresolved: _Pending | None = None
 
     def __repr__(self) -> str:
         mode = "atomic" if self.atomic else "undo-logged"
@@ -97,7 +148,12 @@ class RecordStore:
 
     # -- epochs ----------------------------------------------------------------------------
     def acquire_epoch(self) -> int:
-        """Claim the next epoch; from now on older epochs can write nothing here."""
+        """Claim the next epoch; from now on older epochs can write nothing here. With a
+        high-water mark, a store rolled back behind it is refused first
+        (``StoreRolledBackError``, nothing claimed)."""
+        if self.high_water is not None:
+            last = self.last_commit()
+            self.high_water.check(int(last["epoch"]) if last else 0, int(last["seq"]) if last else 0)
         epoch = self._epochs.claim_next()
         if not self.atomic:
             # after the claim, not before: the predecessor can no longer add to the change
@@ -120,16 +176,119 @@ class RecordStore:
 
     # -- writes ----------------------------------------------------------------------------
     def write(self, epoch: int, records: Mapping[str, dict[str, Any] | None],
-              blobs: Mapping[str, bytes | None] | None = None) -> None:
+              blobs: Mapping[str, bytes | None] | None = None, txn: str | None = None) -> str:
         """Write each record (``None`` deletes it) and each blob (by digest; ``None`` deletes
         it) as one change, unless a later epoch was claimed (``StaleEpochError``). Everything
-        is validated before anything is sent."""
+        is validated before anything is sent. Returns the change's transaction id. A store
+        error is resolved by reading back (see the module docstring): raised only when the
+        change is known not to be written, else ``CommitUnknownError``."""
         writes = self._record_writes(epoch, records)
         writes.update(self._blobs.writes(blobs or {}))
-        fence = {self._epochs.fence_key(epoch): None}
-        written = self.store.transact(fence, writes) if self.atomic else self._write_logged(epoch, writes)
-        if not written:
-            raise self._stale(f"checkpoint write with epoch {epoch} refused", epoch)
+        if self.unresolved is not None:
+            raise CommitUnknownError(
+                self.store.url, f"write of change {txn or '(new)'}",
+                f"change {self.unresolved.txn} has an unknown outcome; resolve it first")
+        txn = txn or uuid.uuid4().hex
+        for attempt in range(2):
+            previous = self._previous_commit()
+            mine = self._commit_doc(epoch, txn, previous)
+            change = {**writes, self._commit_key: mine}  # last: on a logged store, present means all applied
+            checks = {self._epochs.fence_key(epoch): None, self._commit_key: previous}
+            try:
+                written = (self.store.transact(checks, change) if self.atomic
+                           else self._write_logged(epoch, checks, change))
+            except KVStoreUnavailableError as exc:
+                written = self._resolve_failed(_Pending(epoch, txn, mine, previous), exc)
+            if written:
+                self._last_commit = mine
+                self._raise_high_water(epoch, mine)
+                return txn
+            if self.store.get(self._epochs.fence_key(epoch)) is not None:
+                break
+            self._commit_read = False  # another writer of this epoch moved the commit record: re-read once
+        raise self._stale(f"checkpoint write with epoch {epoch} refused", epoch)
+
+    def _raise_high_water(self, epoch: int, commit: bytes) -> None:
+        if self.high_water is None:
+            return
+        try:
+            seq = int(self._codec.decode(COMMIT_NAME, commit, self._commit_key)[1]["seq"])
+            self.high_water.raise_to(epoch, seq)
+        except Exception as exc:  # noqa: BLE001 - the change is committed; the mark lags one change
+            logger.warning("could not raise the high-water mark of %r: %s", self.namespace, exc)
+
+    def resolve(self) -> bool | None:
+        """Settle an unresolved write: True if it applied, False if it did not (and never
+        will), None while the store still cannot tell. No-op (False) when none is pending."""
+        pending = self.unresolved
+        if pending is None:
+            return False
+        try:
+            return self._settle(pending)
+        except KVStoreUnavailableError:
+            return None
+
+    def _resolve_failed(self, pending: _Pending, exc: KVStoreUnavailableError) -> bool:
+        """A write raised: True if it applied; raise ``exc`` if it did not; else unknown."""
+        self.unresolved = pending
+        for _ in range(RESOLVE_READS):
+            try:
+                applied = self._settle(pending)
+            except KVStoreUnavailableError:
+                continue
+            if applied:
+                return True
+            raise exc
+        raise CommitUnknownError(
+            self.store.url, f"write of change {pending.txn}",
+            f"{exc.cause}; its outcome could not be read back, so it may or may not be written")
+
+    def _settle(self, pending: _Pending) -> bool:
+        current = self.store.get(self._commit_key)
+        if current == pending.mine:
+            self._finish_logged()
+            self.unresolved, self._last_commit, self._commit_read = None, pending.mine, True
+            return True
+        if current == pending.previous:  # not applied yet: make sure it never will
+            abandon = self._commit_doc(pending.epoch, uuid.uuid4().hex, current, abandons=pending.txn)
+            if not self.store.transact({self._epochs.fence_key(pending.epoch): None,
+                                        self._commit_key: current}, {self._commit_key: abandon}):
+                return self._settle(pending)  # it landed meanwhile, or we are stale: look again
+            current = abandon
+        if not self.atomic:
+            self._roll_back_logged_change(pending.epoch)
+        self.unresolved, self._last_commit, self._commit_read = None, current, True
+        return False
+
+    def _finish_logged(self) -> None:
+        if not self.atomic:
+            try:
+                self._log.clear()
+            except KVStoreUnavailableError:
+                pass  # a log whose change committed is cleared, not rolled back, by the next writer
+
+    def _previous_commit(self) -> bytes | None:
+        if not self._commit_read:
+            self._last_commit = self.store.get(self._commit_key)
+            self._commit_read = True
+        return self._last_commit
+
+    def _commit_doc(self, epoch: int, txn: str, previous: bytes | None, abandons: str | None = None) -> bytes:
+        seq = 0
+        if previous is not None:
+            try:
+                seq = int(self._codec.decode(COMMIT_NAME, previous, self._commit_key)[1].get("seq", 0))
+            except (CorruptCheckpointError, TypeError, ValueError):
+                seq = 0
+        return self._codec.encode(COMMIT_NAME, {"txn": txn, "seq": seq + 1, "abandons": abandons}, epoch)
+
+    def last_commit(self) -> dict[str, Any] | None:
+        """The commit record the store holds (``txn``, ``seq``, ``epoch``), or None."""
+        raw = self.store.get(self._commit_key)
+        if raw is None:
+            return None
+        epoch, payload = self._codec.decode(COMMIT_NAME, raw, self._commit_key)
+        return {**payload, "epoch": epoch}
 
     def _record_writes(self, epoch: int, records: Mapping[str, dict[str, Any] | None]) -> Changes:
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
@@ -146,18 +305,16 @@ class RecordStore:
             writes[self.key(name)] = writes[self.backup_key(name)] = data
         return writes
 
-    def _write_logged(self, epoch: int, writes: Changes) -> bool:
+    def _write_logged(self, epoch: int, checks: Changes, writes: Changes) -> bool:
         """``write`` on a store without atomic transactions: roll back any leftover change,
         log this one (with what its keys held), apply it, clear the log."""
         fence_key = self._epochs.fence_key(epoch)
         if self.store.get(fence_key) is not None:
             return False  # checked before logging, so that a stale writer leaves no log
-        if not writes:
-            return True
         if not self._roll_back_logged_change(epoch):
             return False
         self._log.write(epoch, {key: self.store.get(key) for key in writes}, writes)
-        if not self.store.transact({fence_key: None}, writes):
+        if not self.store.transact(checks, writes):
             return False  # refused before writing; the log goes with the next roll-back
         self._log.clear()
         return True
@@ -175,6 +332,9 @@ class RecordStore:
         if logged is None:
             return True
         _, before, after = logged
+        if self._commit_key in after and self.store.get(self._commit_key) == after[self._commit_key]:
+            self._log.clear()  # its commit record, written last, landed: the change is whole
+            return True
         fence_key = self._epochs.fence_key(epoch)
         for key, value in self._log.undo_writes(before, after).items():
             current = self.store.get(key)

@@ -83,8 +83,10 @@ class RecordCodec:
             raise StateAuthenticationError(
                 f"checkpoint {where!r} fails authentication: it was written by the previous, "
                 "unauthenticated format (schema_version 1), which anyone who can write the store "
-                "can forge; run `serveplane migrate-state` once to authenticate this namespace "
-                f"under {self.key.describe()}")
+                "can forge. If this namespace predates authenticated state, check it with "
+                "`serveplane migrate-state --dry-run` and sign what you checked; in a namespace that "
+                "already ran authenticated it may be planted, so it stays refused until then "
+                f"(under {self.key.describe()})")
         _check_fields(where, doc, FIELDS)
         if isinstance(version, bool) or version != SCHEMA_VERSION:
             raise CorruptCheckpointError(

@@ -234,8 +234,10 @@ class Owner:
 
 class FaultyStore:
     """A ``MemoryKVStore`` with faults: an outage (every call raises), one failing write, and
-    crash points at every mutating call. ``atomic=False`` makes ``transact`` apply its writes
-    one by one with a crash point between them, like the Ray GCS store."""
+    crash points at every mutating call. A failing write fails either before it applies or
+    after (its reply lost: the change is in the store, the caller sees an error), half of each,
+    on every store. ``atomic=False`` makes ``transact`` apply its writes one by one with a
+    crash point between them, like the Ray GCS store."""
 
     def __init__(self, world: World, atomic: bool) -> None:
         self.inner = MemoryKVStore()
@@ -244,6 +246,7 @@ class FaultyStore:
         self.atomic_transactions = atomic
         self.down = False
         self.fail_writes = 0
+        self.lost_replies = 0  # how many writes applied and then raised
         self.writes_by_epoch: list[tuple[int, int, str]] = []
         self.writer_epoch = -1  # set by the simulation around each controller's calls
 
@@ -251,13 +254,21 @@ class FaultyStore:
         if self.down:
             raise KVStoreUnavailableError(self.url, operation, "connection refused (simulated outage)")
 
-    def _mutating(self, operation: str) -> None:
+    def _mutating(self, operation: str) -> bool:
+        """Faults before the write; True when this write must raise after it applied."""
         self._check(operation)
         self.world.crash_point(f"store {operation}")
         if self.fail_writes > 0:
             self.fail_writes -= 1
             if self.fail_writes == 0:
+                if self.world.rng.random() < 0.5:
+                    return True
                 raise KVStoreUnavailableError(self.url, operation, "write failed (simulated)")
+        return False
+
+    def _reply_lost(self, operation: str) -> KVStoreUnavailableError:
+        self.lost_replies += 1
+        return KVStoreUnavailableError(self.url, operation, "reply lost after the write applied (simulated)")
 
     def get(self, key: str) -> bytes | None:
         self._check(f"get {key!r}")
@@ -268,24 +279,31 @@ class FaultyStore:
         return self.inner.list(prefix)
 
     def put(self, key: str, value: bytes) -> None:
-        self._mutating(f"put {key!r}")
+        lost = self._mutating(f"put {key!r}")
         self.inner.put(key, value)
+        if lost:
+            raise self._reply_lost(f"put {key!r}")
 
     def delete(self, key: str) -> None:
-        self._mutating(f"delete {key!r}")
+        lost = self._mutating(f"delete {key!r}")
         self.inner.delete(key)
+        if lost:
+            raise self._reply_lost(f"delete {key!r}")
 
     def compare_and_set(self, key: str, expected: bytes | None, new: bytes) -> bool:
-        self._mutating(f"compare_and_set {key!r}")
-        return self.inner.compare_and_set(key, expected, new)
+        lost = self._mutating(f"compare_and_set {key!r}")
+        done = self.inner.compare_and_set(key, expected, new)
+        if lost:
+            raise self._reply_lost(f"compare_and_set {key!r}")
+        return done
 
     def transact(self, checks: Mapping[str, bytes | None], writes: Mapping[str, bytes | None]) -> bool:
-        self._mutating("transact")
+        lost = self._mutating("transact")
         if self.atomic_transactions:
             done = self.inner.transact(checks, writes)
+        elif any(self.inner.get(k) != v for k, v in checks.items()):
+            done = False
         else:
-            if any(self.inner.get(k) != v for k, v in checks.items()):
-                return False
             for i, (key, value) in enumerate(writes.items()):
                 if i:
                     self.world.crash_point(f"store transact write {i}")
@@ -296,6 +314,8 @@ class FaultyStore:
             done = True
         if done and any("/records/" in k for k in writes):
             self.writes_by_epoch.append((next(self.world.seq), self.writer_epoch, "a record write"))
+        if lost:
+            raise self._reply_lost("transact")
         return done
 
     def close(self) -> None:

@@ -168,8 +168,9 @@ def test_the_proxy_bounds_requests_in_flight_body_time_and_body_memory(ray_sessi
         started = time.monotonic()
         assert read_status(stalled) == 408 and 1.5 < time.monotonic() - started < 10
 
-        # 3. bodies held at once: one stalled upload holds 800 kB of the 1 MB; the next is 503
-        holder = raw_request(port, post_head("/sink", 800_000), b"x" * 1000)
+        # 3. bodies held at once: one stalled upload holds the 800 kB it sent of the 1 MB (what
+        # arrived, not what it declares); the next is 503
+        holder = raw_request(port, post_head("/sink", 900_000), b"x" * 800_000)
         wait_for(lambda: statistics(client)["buffered_body_bytes"] == 800_000, 10, "the body reserved")
         r = httpx.post(f"{base}/sink", content=b"y" * 300_000, timeout=30)
         assert r.status_code == 503 and r.headers["retry-after"] == "1"

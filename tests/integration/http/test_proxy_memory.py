@@ -44,7 +44,9 @@ def test_many_large_slow_uploads_keep_the_proxy_within_its_bounds(ray_session):
               f"peak in flight {after['peak_in_flight']}, peak bodies held "
               f"{after['peak_buffered_body_bytes'] / MB:.0f} MiB; resident memory "
               f"{before['rss_bytes'] / MB:.0f} MiB before, peak {after['peak_rss_bytes'] / MB:.0f} MiB "
-              f"(+{grown:.0f} MiB), {after['rss_bytes'] / MB:.0f} MiB after")
+              f"(+{grown:.0f} MiB), {after['rss_bytes'] / MB:.0f} MiB after, of which shared "
+              f"(the object store's pages) {after['rss_shmem_bytes'] / MB:.0f} MiB, anonymous "
+              f"{after['rss_anon_bytes'] / MB:.0f} MiB ({before['rss_anon_bytes'] / MB:.0f} MiB before)")
         assert statuses == {"200": UPLOADS}, statuses
         assert after["peak_in_flight"] <= 8 and after["peak_buffered_body_bytes"] <= BUDGET
         assert after["in_flight"] == 0 and after["buffered_body_bytes"] == 0

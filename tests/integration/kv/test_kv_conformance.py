@@ -330,13 +330,15 @@ def test_deleted_records_and_blobs_leave_no_key_behind(store):
     records.write(epoch, CHANGE)
     records.write(epoch, dict.fromkeys(AFTER), blobs={CODE_HASH: None})
     assert records.read_all() == {} and records.blob_digests() == set()
-    assert store.list("ns/") == ["ns/epoch", "ns/epochs/00000000000000000001"]
+    assert store.list("ns/") == ["ns/commit", "ns/epoch", "ns/epochs/00000000000000000001"]
 
 
 def test_a_record_write_lands_whole_or_not_at_all_wherever_it_fails(store):
     """Fail the 1st, 2nd, ... store mutation of one change. Where transactions are atomic the
-    change is one mutation; on the GCS store its keys are written one by one and the next
-    controller rolls it back from the undo log: a write that raised never takes effect."""
+    change is one mutation; on the GCS store its keys are written one by one. Either way the
+    writer reads its commit record back before it answers: it returns only if the whole
+    change landed and raises only if none of it did (rolled back from the undo log first)."""
+    outcomes = set()
     for fail_at in itertools.count(1):
         ns = f"fault{fail_at}"
         owner = RecordStore(store, ns, key=TEST_KEY)
@@ -345,21 +347,24 @@ def test_a_record_write_lands_whole_or_not_at_all_wherever_it_fails(store):
         faulty = FaultyStore(store, fail_at)
         try:
             RecordStore(faulty, ns, key=TEST_KEY).write(epoch, CHANGE, blobs={CODE_HASH: CODE})
+            returned = True
         except InjectedFault:
-            pass
+            returned = False
         if not faulty.faulted:
             assert owner.read_all() == AFTER and owner.blob_digests() == {CODE_HASH}
             break
-        if store.atomic_transactions:
-            assert owner.read_all() == BEFORE and owner.blob_digests() == set()
+        outcomes.add(returned)
+        assert owner.read_all() == (AFTER if returned else BEFORE), f"fault at mutation {fail_at}"
+        assert store.get(f"{ns}/txn") is None
         successor = RecordStore(store, ns, key=TEST_KEY)
         successor.acquire_epoch()
-        assert successor.read_all() == BEFORE, f"fault at mutation {fail_at}"
+        assert successor.read_all() == (AFTER if returned else BEFORE), f"fault at mutation {fail_at}"
         assert successor.blob_digests() <= {CODE_HASH}  # a roll-back never deletes a blob
-        assert store.get(f"{ns}/txn") is None
-    # atomic: one transaction; else: the log, each record and its copy, the blob, clearing the log
-    mutations = 1 if store.atomic_transactions else 1 + 2 * len(CHANGE) + 1 + 1
+    # atomic: one transaction; else: the log, each record and its copy, the blob, the commit
+    # record, clearing the log (a fault there comes after the commit: written)
+    mutations = 1 if store.atomic_transactions else 1 + 2 * len(CHANGE) + 1 + 1 + 1
     assert fail_at == mutations + 1
+    assert outcomes == ({False} if store.atomic_transactions else {False, True})
 
 
 def test_a_corrupt_record_is_served_from_its_copy_and_both_corrupt_is_refused(store):

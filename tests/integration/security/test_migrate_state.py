@@ -5,6 +5,7 @@ replicas that served before still serving."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -59,11 +60,16 @@ def test_migrate_state_authenticates_the_previous_format_once(ray_session, tmp_p
 
         dry = cli(ns, "migrate-state", "--kv-store", url, "--dry-run")
         assert dry.returncode == 0, dry.stderr
-        assert "+ record backend/m" in dry.stdout and "+ record endpoint/ep" in dry.stdout
+        assert "? record:backend/m#" in dry.stdout and "? record:endpoint/ep#" in dry.stdout
         assert "dry run: would migrate" in dry.stdout
         assert client.get_status()["refused"] == status["refused"]  # nothing written
 
-        done = cli(ns, "migrate-state", "--kv-store", url)
+        assert "guarded:" in dry.stdout  # a controller ran here: every item must be named
+        wholesale = cli(ns, "migrate-state", "--kv-store", url)
+        assert wholesale.returncode == 2 and "name each item you checked with --item" in wholesale.stderr
+        items = re.findall(r"^  \? (\S+)", dry.stdout, flags=re.M)
+        assert {i.split("#")[0] for i in items} >= {"record:backend/m", "record:endpoint/ep"}
+        done = cli(ns, "migrate-state", "--kv-store", url, *[a for i in items for a in ("--item", i)])
         assert done.returncode == 0, done.stderr
         assert "migrated" in done.stdout and "restarted the controller" in done.stdout
         status = client.get_status()

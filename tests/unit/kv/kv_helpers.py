@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from typing import Callable, Mapping
+from typing import Callable, Mapping, TypeVar
 
 from hypothesis import strategies as st
 
 from serveplane.exceptions import KVStoreUnavailableError
 from serveplane.kv_store import KVStore, open_store
+
+T = TypeVar("T")
 
 # Any JSON value the codec must carry unchanged (finite floats: JSON has no NaN).
 json_values = st.recursive(
@@ -111,8 +113,15 @@ class InjectedFault(KVStoreUnavailableError):
     """The error ``FaultyStore`` raises: a store failure (or the caller crashing) at that step."""
 
 
+class WriterCrash(BaseException):
+    """The writer's process dies at this step (``FaultyStore(..., crash=True)``): no code of
+    the writer runs after it, so only the next writer can settle what it left."""
+
+
 class FaultyStore(WrappedStore):
-    """Fails the ``fail_at``-th single-key mutation (1-based) before it reaches the store.
+    """Fails the ``fail_at``-th single-key mutation (1-based) before it reaches the store;
+    with ``lost_reply`` after it applied (the writer sees an error for a write that landed);
+    with ``crash`` the writer dies there instead of seeing an error.
 
     With ``atomic=False`` a ``transact`` is applied the way the Ray GCS store applies it:
     checks read first, then one key at a time, each write a mutation that can fail. So a
@@ -120,9 +129,12 @@ class FaultyStore(WrappedStore):
     With ``atomic=True`` a ``transact`` is one mutation that fails whole.
     """
 
-    def __init__(self, inner: KVStore, fail_at: int | None, atomic: bool | None = None) -> None:
+    def __init__(self, inner: KVStore, fail_at: int | None, atomic: bool | None = None,
+                 lost_reply: bool = False, crash: bool = False) -> None:
         super().__init__(inner)
         self.fail_at = fail_at
+        self.lost_reply = lost_reply
+        self.crash = crash
         self.mutations = 0
         if atomic is not None:
             self.atomic_transactions = atomic
@@ -131,27 +143,29 @@ class FaultyStore(WrappedStore):
     def faulted(self) -> bool:
         return self.fail_at is not None and self.mutations >= self.fail_at
 
-    def _mutation(self, operation: str) -> None:
+    def _mutation(self, operation: str, apply: Callable[[], T]) -> T:
         self.mutations += 1
-        if self.mutations == self.fail_at:
-            raise InjectedFault(self.url, operation, "injected fault")
+        if self.mutations != self.fail_at:
+            return apply()
+        if self.crash:
+            raise WriterCrash(operation)
+        if self.lost_reply:
+            apply()
+            raise InjectedFault(self.url, operation, "reply lost after the write applied (injected)")
+        raise InjectedFault(self.url, operation, "injected fault")
 
     def put(self, key: str, value: bytes) -> None:
-        self._mutation(f"put {key!r}")
-        self.inner.put(key, value)
+        self._mutation(f"put {key!r}", lambda: self.inner.put(key, value))
 
     def delete(self, key: str) -> None:
-        self._mutation(f"delete {key!r}")
-        self.inner.delete(key)
+        self._mutation(f"delete {key!r}", lambda: self.inner.delete(key))
 
     def compare_and_set(self, key: str, expected: bytes | None, new: bytes) -> bool:
-        self._mutation(f"compare_and_set {key!r}")
-        return self.inner.compare_and_set(key, expected, new)
+        return self._mutation(f"compare_and_set {key!r}", lambda: self.inner.compare_and_set(key, expected, new))
 
     def transact(self, checks: Mapping[str, bytes | None], writes: Mapping[str, bytes | None]) -> bool:
         if self.atomic_transactions:
-            self._mutation("transact")
-            return self.inner.transact(checks, writes)
+            return self._mutation("transact", lambda: self.inner.transact(checks, writes))
         if any(self.inner.get(key) != expected for key, expected in checks.items()):
             return False
         for key, value in writes.items():

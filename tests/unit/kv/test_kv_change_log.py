@@ -13,7 +13,7 @@ import pytest
 from serveplane.exceptions import CorruptCheckpointError, StaleEpochError
 from serveplane.kv_store import MemoryKVStore, RecordCodec, RecordStore, StateKey
 from tests.conftest import TEST_KEY
-from tests.unit.kv.kv_helpers import FaultyStore, InjectedFault, InterleavingStore
+from tests.unit.kv.kv_helpers import FaultyStore, InjectedFault, InterleavingStore, WriterCrash
 
 BEFORE = {"backend/a": {"v": 1}, "backend/b": {"v": 1}, "endpoint/e": {"v": 1}}
 CHANGE = {"backend/a": {"v": 2}, "backend/b": None, "endpoint/f": {"v": 2}}
@@ -30,38 +30,67 @@ def non_atomic(memory, fail_at=None):
 
 
 def keys(memory):
-    return {k: memory.get(k) for k in memory.list("ns/") if not k.startswith("ns/epoch")}
+    return {k: memory.get(k) for k in memory.list("ns/") if not k.startswith(("ns/epoch", "ns/commit"))}
 
 
 def test_a_change_cut_short_at_any_write_is_rolled_back_by_the_next_controller(memory):
-    """Fail the 1st, 2nd, ... single-key write of one change: its writer never returned
-    success, so the next controller's acquire_epoch restores what the keys held before."""
-    seen_half_applied = False
+    """The writer dies at the 1st, 2nd, ... single-key write of one change: it never
+    returned success, so the next controller's acquire_epoch restores what the keys held
+    before; unless the change's commit record (its last key) landed: then the change is
+    whole, as on an atomic store whose writer died right after the commit, and it stays."""
+    seen_half_applied = seen_committed = False
     for fail_at in range(1, 20):
         ns_store = MemoryKVStore(f"memory://{uuid.uuid4().hex}")
         owner = RecordStore(non_atomic(ns_store), "ns", key=TEST_KEY)
         epoch = owner.acquire_epoch()
         owner.write(epoch, BEFORE)
-        faulty = non_atomic(ns_store, fail_at=fail_at)
+        faulty = FaultyStore(ns_store, fail_at=fail_at, atomic=False, crash=True)
         try:
             RecordStore(faulty, "ns", key=TEST_KEY).write(epoch, CHANGE)
-        except InjectedFault:
+        except WriterCrash:
             pass
         if not faulty.faulted:  # the change needed fewer writes: it completed
             assert RecordStore(ns_store, "ns", key=TEST_KEY).read_all() == AFTER and ns_store.get("ns/txn") is None
             break
         seen_half_applied |= RecordStore(ns_store, "ns", key=TEST_KEY).read_all() not in (BEFORE, AFTER)
+        committed = RecordStore(ns_store, "ns", key=TEST_KEY).last_commit()["seq"] == 2
+        seen_committed |= committed
         successor = RecordStore(non_atomic(ns_store), "ns", key=TEST_KEY)
         assert successor.acquire_epoch() == epoch + 1
-        assert successor.read_all() == BEFORE, f"fault at write {fail_at}"
+        assert successor.read_all() == (AFTER if committed else BEFORE), f"fault at write {fail_at}"
         assert ns_store.get("ns/txn") is None
     else:
         pytest.fail("the change never completed")
-    assert seen_half_applied, "no fault fell inside the change; the test proves nothing"
+    assert seen_half_applied and seen_committed, "no fault fell inside the change; the test proves nothing"
 
 
-def test_a_controller_rolls_back_its_own_cut_short_change_before_its_next_one(memory):
-    """The write raised, so the controller committed nothing in memory: the store must not
+@pytest.mark.parametrize("lost_reply", [False, True], ids=["failed", "reply-lost"])
+def test_a_write_that_raises_is_settled_by_its_writer_before_it_returns(memory, lost_reply):
+    """Whatever single-key write of a change fails (before it applied, or after: its reply
+    lost), the writer reads its commit record back: it returns only if the whole change is
+    in the store, raises only if none of it is, and leaves no log either way."""
+    seen = set()
+    for fail_at in range(1, 20):
+        ns_store = MemoryKVStore(f"memory://{uuid.uuid4().hex}")
+        owner = RecordStore(non_atomic(ns_store), "ns", key=TEST_KEY)
+        epoch = owner.acquire_epoch()
+        owner.write(epoch, BEFORE)
+        faulty = FaultyStore(ns_store, fail_at=fail_at, atomic=False, lost_reply=lost_reply)
+        try:
+            RecordStore(faulty, "ns", key=TEST_KEY).write(epoch, CHANGE)
+            returned = True
+        except InjectedFault:
+            returned = False
+        if not faulty.faulted:
+            break
+        seen.add(returned)
+        assert RecordStore(ns_store, "ns", key=TEST_KEY).read_all() == (AFTER if returned else BEFORE), fail_at
+        assert ns_store.get("ns/txn") is None
+    assert seen == {True, False}  # a fault after the commit record landed: the change is whole
+
+
+def test_a_controller_rolls_back_its_own_cut_short_change_before_it_answers(memory):
+    """The write raised, so the controller commits nothing in memory: the store must not
     keep any of it either (the simulator found the opposite, completing it, diverging)."""
     owner = RecordStore(non_atomic(memory), "ns", key=TEST_KEY)
     epoch = owner.acquire_epoch()
@@ -70,7 +99,7 @@ def test_a_controller_rolls_back_its_own_cut_short_change_before_its_next_one(me
     store = RecordStore(faulty, "ns", key=TEST_KEY)
     with pytest.raises(InjectedFault):
         store.write(epoch, CHANGE)
-    assert store.read_all() not in (BEFORE, AFTER)
+    assert store.read_all() == BEFORE and memory.get("ns/txn") is None
     faulty.fail_at = None  # the store is back
     store.write(epoch, {"goal/g": {"backend": "a"}})
     assert store.read_all() == {**BEFORE, "goal/g": {"backend": "a"}}
@@ -85,9 +114,9 @@ def test_a_roll_back_leaves_keys_written_since_and_never_deletes_a_blob(memory):
     owner = RecordStore(non_atomic(memory), "ns", key=TEST_KEY)
     epoch = owner.acquire_epoch()
     owner.write(epoch, BEFORE)
-    # the log, the 3 records and their copies, the blob: fail at the log clear (write 9)
-    faulty = non_atomic(memory, fail_at=9)
-    with pytest.raises(InjectedFault):
+    # the log, the 3 records and their copies, the blob, then the writer dies at its commit record
+    faulty = FaultyStore(memory, fail_at=9, atomic=False, crash=True)
+    with pytest.raises(WriterCrash):
         RecordStore(faulty, "ns", key=TEST_KEY).write(epoch, CHANGE, blobs={digest: blob})
     assert faulty.faulted and memory.get("ns/txn") is not None
     newer = RecordStore(memory, "ns", key=TEST_KEY)._record_writes(epoch, {"backend/a": {"v": 9}})

@@ -137,8 +137,10 @@ def test_a_write_is_one_transaction_that_fails_whole(memory):
         RecordStore(faulty, "ns", key=TEST_KEY).write(
             epoch, {"backend/a": {"v": 2}, "backend/b": None, "backend/c": {"v": 2}},
             blobs={hashlib.sha256(b"code").hexdigest(): b"code"})
-    assert faulty.mutations == 1  # the whole change was one call
-    assert {k: memory.get(k) for k in memory.list("")} == before
+    assert faulty.mutations == 2  # the whole change was one call; then its abandon record
+    assert {k: memory.get(k) for k in memory.list("") if k != "ns/commit"} == {
+        k: v for k, v in before.items() if k != "ns/commit"}
+    assert RecordStore(memory, "ns", key=TEST_KEY).last_commit()["abandons"] is not None
 
 
 def test_deleting_a_record_removes_it_and_its_copy(memory):
