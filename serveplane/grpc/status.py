@@ -53,6 +53,11 @@ def cause_of(exc: BaseException) -> BaseException:
     return cause if isinstance(cause, BaseException) else exc
 
 
+def _from_replica(exc: BaseException) -> bool:
+    wrapper = exc.__cause__
+    return wrapper is not None and type(wrapper).__name__.startswith("RayTaskError")
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[-1] if text else type(exc).__name__
@@ -61,7 +66,9 @@ def _short(exc: BaseException) -> str:
 def outcome_of(exc: BaseException, endpoint: str, debug_errors: bool = False) -> Outcome:
     """The status a call to ``endpoint`` that raised ``exc`` answers with."""
     cause = cause_of(exc)
-    local = cause is exc  # raised in this process, not by user code on a replica
+    # raised in this process, not by user code on a replica: a replica's error arrives
+    # wrapped (``.cause``), or as the user's own exception with Ray's wrapper as __cause__
+    local = cause is exc and not _from_replica(exc)
     if isinstance(cause, _cancelled_types()[1:]) or (local and isinstance(cause, asyncio.CancelledError)):
         return Outcome("CANCELLED", f"the request to endpoint {endpoint!r} was cancelled")
     # NoReplicasError is a RequestTimeoutError: no replica had a slot before the deadline

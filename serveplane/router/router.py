@@ -69,6 +69,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 UNKNOWN_BACKEND = ""  # queue key of requests that wait for the endpoint's config
+BACKOFF_WAKE_MIN_S = 0.001
 
 
 class _Waiter:
@@ -326,9 +327,9 @@ class EndpointRouter:
                         self.queue.remove(waiter)
         except BaseException as error:
             with self._lock:
-                if isinstance(error, (asyncio.CancelledError, RequestCancelledError)):
-                    self._release_locked(request)  # the canceller ends it
-                elif not request.state.final:
+                if isinstance(error, asyncio.CancelledError):
+                    self._release_locked(request)  # the routing itself was cancelled: its canceller ends it
+                elif not request.state.final:  # an argument's error is its own
                     self._end_locked(request, RequestState.FAILED, Outcome.FAILED, error)
             raise
         finally:
@@ -573,7 +574,8 @@ class EndpointRouter:
             return
         self._backoff_end_pending = True
         loop = loops.background_loop()
-        loop.call_soon_threadsafe(loop.call_later, min(ends), self._on_backoff_end)
+        # at least 1 ms: a period that ends below the clock's resolution must not spin
+        loop.call_soon_threadsafe(loop.call_later, max(min(ends), BACKOFF_WAKE_MIN_S), self._on_backoff_end)
 
     def _on_backoff_end(self) -> None:
         with self._lock:

@@ -495,12 +495,10 @@ class DataPlaneSimulation:
         """A session moves only when its replica died, left, was unreachable, or the replica
         set or traffic changed (rendezvous hashing may then pick another owner)."""
         arrivals = self.world.arrivals
-        for session, name in arrivals[self.seen_arrivals:]:
+        for session, name, movers in arrivals[self.seen_arrivals:]:
             if session is None:
                 continue
             replica = self.world.replicas[name]
-            movers = (self.membership.get(replica.backend), self.traffic_version,
-                      sum(self.world.unreachable.values()), sum(not r.alive for r in self.world.replicas.values()))
             previous = self.sessions.get(session)
             self.sessions[session] = (name, movers)
             if previous is not None and previous[0] != name and previous[1] == movers:
@@ -542,15 +540,11 @@ class DataPlaneSimulation:
                 continue
         if self.world.stream_sends_after_chunk:
             self.fail(f"streams sent again after their first chunk: {self.world.stream_sends_after_chunk[:5]}")
-        for request in self.requests:
-            backend_names = {r.backend for r in self.world.replicas.values()}
-            runs = self.world.starts.get(f"job-{request.number}", 0)
-            if runs > 1 and request.kind != "fanout" and not self._idempotent_everywhere():
-                self.fail(f"request {request.number} ran {runs} times on a non-idempotent backend "
-                          f"({sorted(backend_names)})")
-
-    def _idempotent_everywhere(self) -> bool:
-        return all(c.idempotent for c in self.configs.values())
+        for key, runs in self.world.starts.items():
+            number, backend = key[len("job-"):].split("@")
+            request = self.requests[int(number)]
+            if runs > 1 and request.kind != "fanout" and not self.configs[backend].idempotent:
+                self.fail(f"request {number} ran {runs} times on backend {backend!r}, which is idempotent=False")
 
     def _check_outcomes(self) -> None:
         for i, router in enumerate(self.routers):
@@ -578,6 +572,9 @@ class DataPlaneSimulation:
         random.seed(self.seed)  # the routers' own draws (weights, shadows, policies) replay too
         self.loop.set_exception_handler(self._unseen_error)
         self.seen_arrivals = 0
+        self.world.movers = lambda: (tuple(sorted(self.membership.items())), self.traffic_version,
+                                     sum(self.world.unreachable.values()),
+                                     sum(not r.alive or r.draining for r in self.world.replicas.values()))
         try:
             self._setup()
             self.loop.run_until_complete(self._schedule())

@@ -379,7 +379,9 @@ class World:
         self.chunked: set[str] = set()  # request ids whose stream delivered a chunk
         self.calls_made = 0
         self.cancels = 0
-        self.arrivals: list[tuple[str | None, str]] = []  # (session id, replica) of each admitted call
+        # (session id, replica, what could have moved it) of each admitted call
+        self.arrivals: list[tuple[str | None, str, Any]] = []
+        self.movers: Callable[[], Any] = lambda: None
         self.troubled: set[int] = set()
         self.refused_jobs: set[int] = set()  # requests a replica refused (full, draining, late)  # requests with a call its replica failed (died, unreachable)
         self.unreachable: collections.Counter[str] = collections.Counter()  # replica -> times
@@ -415,7 +417,7 @@ class World:
         call.admitted = n
         replica.calls.add(call)
         if not call.meta.is_shadow:
-            self.arrivals.append((call.meta.session_id, replica.name))
+            self.arrivals.append((call.meta.session_id, replica.name, self.movers()))
         self.loop.create_task(self._run(call), name=f"replica-{call.meta.request_id}")
 
     def trouble(self, call: SimCall) -> None:
@@ -512,7 +514,7 @@ def _job_of(args: Sequence[Any]) -> Job:
 
 
 def _request_id(call: SimCall, job: Job) -> str:
-    return f"job-{job.request}"
+    return f"job-{job.request}@{call.replica.backend}"
 
 
 def _nested_answer(job: Job, args: tuple) -> Any:
