@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from serveplane import tracing
 from serveplane.records import ReplicaInfo, RequestMetadata
-from serveplane.router.state import RequestState, check
+from serveplane.router.state import ALLOWED, RequestState, check
 
 if TYPE_CHECKING:
     from serveplane.clock import Clock
@@ -107,7 +107,8 @@ class RoutedRequest:
 
     # -- transitions (the router calls them under its lock) --------------------------------------
     def _move(self, state: RequestState) -> None:
-        check(self.state, state)
+        if state not in ALLOWED[self.state]:
+            check(self.state, state)  # raises IllegalTransition, naming both
         self.state = state
 
     def queue(self, backend: str | None) -> None:
@@ -183,9 +184,8 @@ class RoutedRequest:
         """The one ``RequestMetadata`` builder: every call of this request carries its
         deadline, session and shard key (a shadow too)."""
         return RequestMetadata(self.request_id, self.endpoint, self.method_name, self.session_id,
-                               self.shard_key, is_shadow=is_shadow, http=self.http,
-                               http_method=self.http_method, http_headers=self.http_headers,
-                               deadline=self.wall_deadline)
+                               self.shard_key, is_shadow, self.http, self.http_method, self.http_headers,
+                               self.wall_deadline)
 
     def __repr__(self) -> str:
         where = self.replica.actor_name if self.replica is not None else (

@@ -38,6 +38,10 @@ _READABLE = frozenset({
 })
 
 
+def _deps_of(args: tuple, kwargs: dict) -> tuple[RoutedRequest, ...]:
+    return tuple(v._request for v in (*args, *kwargs.values()) if isinstance(v, Response))
+
+
 class Response:
     __slots__ = ("router", "_request", "__weakref__")
 
@@ -47,8 +51,14 @@ class Response:
                  http_headers: dict[str, str] | None = None, wall_deadline: float | None = None,
                  stream: bool = False) -> None:
         self.router = router
-        deps = tuple(v._request for v in (*args, *kwargs.values()) if isinstance(v, Response)) \
-            if (args or kwargs) else ()
+        deps: tuple[RoutedRequest, ...] = ()
+        for value in args:
+            if isinstance(value, Response):
+                deps = _deps_of(args, kwargs)
+                break
+        else:
+            if kwargs:
+                deps = _deps_of(args, kwargs)
         self._request = RoutedRequest(
             router.next_request_id(), router.endpoint, router.clock, args, kwargs, deps, method_name,
             session_id, shard_key, timeout_s, http, http_method, http_headers, wall_deadline, stream)
@@ -159,8 +169,7 @@ class Response:
 
     def _answered(self, value: Any) -> Any:
         request = self._request
-        if request.state.final and request.failure is not None and request.outcome is not None \
-                and request.outcome.value != "answered":
+        if request.failure is not None and request.outcome is not None and request.outcome.value != "answered":
             raise self._ended()  # cancelled (or timed out) while its answer was on the way
         self.router.finish(request)
         if request.shadows:

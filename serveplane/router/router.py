@@ -196,7 +196,10 @@ class EndpointRouter:
         backend = request.backend
         if outcome is not None and backend is not None:
             latency = self.clock.monotonic() - request.started
-            self.stats.outcomes.ended(backend, outcome.value, latency, ok)
+            if outcome is Outcome.ANSWERED:
+                self.stats.outcomes.answered(backend, latency, ok)
+            else:
+                self.stats.outcomes.ended(backend, outcome.value, latency, ok)
         return True
 
     def _check_exists_locked(self) -> None:
@@ -384,9 +387,11 @@ class EndpointRouter:
                 self.transport.cancel(ref)
                 return
             request.sent(ref)
-            unwatched = self._unwatched_locked() if (self.queue or request.abandoned) and not request.stream else []
+            unwatched = self._unwatched_locked() if (self.queue or request.abandoned) and not request.stream \
+                else None
         self.stats.requests[replica.backend] += 1
-        self._watch(unwatched)
+        if unwatched:
+            self._watch(unwatched)
         if request.attempts == 1:
             info = self.view.info
             if info is not None and info.shadows:
@@ -432,14 +437,15 @@ class EndpointRouter:
                     self.clock.monotonic() - request.started, not isinstance(value, BaseException))
         self.report_to_shadows(request, value)
 
-    def finish(self, request: RoutedRequest, ok: bool = True) -> None:
-        """The caller read the answer (value or application error): free the slot, once."""
+    def finish(self, request: RoutedRequest) -> None:
+        """The caller read the answer: free the slot, once; its backend counts the answer."""
         with self._lock:
             replica = request.replica
             if replica is not None and request.holds_slot:
-                self.view.backoff.answered(replica.actor_name)
-                self.view.slots.answered(replica.actor_name)
-            self._end_locked(request, RequestState.DONE, Outcome.ANSWERED, ok=ok)
+                view = self.view
+                view.backoff.answered(replica.actor_name)
+                view.slots.answered(replica.actor_name)
+            self._end_locked(request, RequestState.DONE, Outcome.ANSWERED)
 
     def streaming(self, request: RoutedRequest) -> None:
         """A stream delivered chunks: from the first on it is never retried."""

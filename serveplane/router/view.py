@@ -168,7 +168,11 @@ class RouterView:
 
     def pick(self, request: RoutedRequest) -> ReplicaInfo | None:
         """A replica with a free slot for ``request`` (not yet claimed), or ``None``: wait."""
-        backend = self.backend_for(request)
+        backend = request.backend
+        if backend is None and self.only_backend is not None:
+            backend = request.backend = self.only_backend
+        else:
+            backend = self.backend_for(request)
         if backend is None:
             return None
         config = self.configs.get(backend)

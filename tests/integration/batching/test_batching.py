@@ -72,7 +72,7 @@ def test_router_side_batching_one_actor_call_per_batch(serve_instance):
     client.set_batching("ep", None)
     import time
     deadline = time.monotonic() + 5
-    while h.router._info.batch_size is not None:
+    while h.router.endpoint_info.batch_size is not None:
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert gather(h, range(8)) == [i * 3 for i in range(8)]

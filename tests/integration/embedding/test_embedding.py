@@ -76,7 +76,7 @@ def test_embeddings_canary_shadow_agreement_and_batching(ray_session, tmp_path):
         # router-side batching gathered concurrent handle calls into one actor call
         h = client.get_handle("embed")
         deadline = time.monotonic() + 10
-        while h.router._info is None or not h.router.statistics()["replicas"].get("embed:v1"):
+        while h.router.endpoint_info is None or not h.router.statistics()["replicas"].get("embed:v1"):
             assert time.monotonic() < deadline
             time.sleep(0.05)
         import asyncio

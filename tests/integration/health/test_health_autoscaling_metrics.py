@@ -118,7 +118,7 @@ def test_metrics_api(serve_instance):
     client.create_endpoint("ep", backend="q")
     client.shadow_traffic("ep", "q2", 1.0)
     h = client.get_handle("ep")
-    wait_until(lambda: h.router._info is not None and h.router._info.shadows)
+    wait_until(lambda: h.router.endpoint_info is not None and h.router.endpoint_info.shadows)
     wait_until(lambda: h.router.statistics()["replicas"].get("q2"))
     sid = client.start_session()
     for _ in range(20):

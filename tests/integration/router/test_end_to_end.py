@@ -152,7 +152,7 @@ def test_shadow_never_delays_primary_and_is_counted(serve_instance):
     client.create_endpoint("ep", backend="fast")
     client.shadow_traffic("ep", "slow", 1.0)
     h = client.get_handle("ep")
-    wait_until(lambda: h.router._info is not None and h.router._info.shadows == {"slow": 1.0})
+    wait_until(lambda: h.router.endpoint_info is not None and h.router.endpoint_info.shadows == {"slow": 1.0})
     wait_until(lambda: h.router.statistics()["replicas"].get("slow"))
     t0 = time.monotonic()
     assert h.remote(1).result(timeout=30)["tag"] == "fast"
@@ -169,8 +169,8 @@ def test_back_pressure_when_queue_is_full(serve_instance):
     client.create_endpoint("ep", backend="slow")
     h = client.get_handle("ep")
     wait_until(lambda: h.router.statistics()["replicas"].get("slow"))
-    wait_until(lambda: h.router._configs.get("slow") is not None
-               and h.router._configs["slow"].max_queued_requests == 2)
+    wait_until(lambda: h.router.view.configs.get("slow") is not None
+               and h.router.view.configs["slow"].max_queued_requests == 2)
     running = h.remote(0)          # takes the only slot
     queued = [h.remote(i) for i in (1, 2)]  # wait in the router's queue
     with pytest.raises(BackPressureError, match="limit .*is 2"):
@@ -198,7 +198,7 @@ def test_not_idempotent_fails_with_replica_died(serve_instance):
     client.create_endpoint("ep", backend="slow")
     h = client.get_handle("ep")
     wait_until(lambda: len(h.router.statistics()["replicas"].get("slow", [])) == 2)
-    wait_until(lambda: h.router._configs.get("slow") is not None and not h.router._configs["slow"].idempotent)
+    wait_until(lambda: h.router.view.configs.get("slow") is not None and not h.router.view.configs["slow"].idempotent)
     response = h.remote("payload")
     time.sleep(0.2)
     victim = response.replica.actor_name
