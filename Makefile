@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run run-embedding run-grpc test compat typecheck bench unit sim clean redis chromium
+.PHONY: run run-embedding run-grpc test compat typecheck bench unit sim sim-data clean redis chromium
 
 # pip's own chatter (build-backend notices, index warnings) goes to $(PIP_LOG), and is
 # printed only when an install fails: a newcomer's first screen shows serveplane's lines.
@@ -89,6 +89,12 @@ unit: $(TEST_STAMP)
 SEEDS ?= 1000
 sim: $(TEST_STAMP)
 	$(PY) -m tests.sim $(if $(SEED),--seed $(SEED) -v,--seeds $(SEEDS))
+
+# The data-plane simulator: `make sim-data SEEDS=5000` runs many seeds, `make sim-data SEED=n`
+# replays one with every event printed, `make sim-data MUTATION=watch-streams` puts a known
+# defect back and counts the seeds that catch it.
+sim-data: $(TEST_STAMP)
+	$(PY) -m tests.sim.dataplane $(if $(SEED),--seed $(SEED) -v,--seeds $(SEEDS)) $(if $(MUTATION),--mutation $(MUTATION))
 
 bench: $(TEST_STAMP)
 	@$(PIP_INSTALL) -e '.[bench]' $(QUIET)

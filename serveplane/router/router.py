@@ -509,7 +509,8 @@ class EndpointRouter:
             config = self.view.config(replica.backend)
             decision = decide(kind, idempotent=config.idempotent, retries_done=request.attempts - 1,
                               max_retries=config.max_retries, has_deps=bool(request.deps),
-                              chunks_delivered=request.chunks)
+                              chunks_delivered=request.chunks,
+                              deps_final=all(d.state.final for d in request.deps))
             if decision.verdict is Verdict.ANSWER:
                 if request.holds_slot:
                     self.view.backoff.answered(replica.actor_name)  # it ran the user's code
@@ -540,6 +541,8 @@ class EndpointRouter:
             if decision.verdict is Verdict.TRY_ELSEWHERE:
                 request.attempts -= 1  # it never ran there: not a retry
                 self.stats.refused += 1
+            elif decision.verdict is Verdict.RESEND:
+                request.attempts -= 1  # it never ran: its argument is recomputed first
             else:
                 self.stats.retries += 1
             placeholder: concurrent.futures.Future = concurrent.futures.Future()

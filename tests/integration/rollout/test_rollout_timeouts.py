@@ -27,9 +27,7 @@ def test_a_canary_whose_requests_all_time_out_is_rolled_back(serve_instance):
     assert load.failures, "the canary's share of callers saw their deadline pass"
     print(f"\nrolled back after {took:.1f}s: {rollout['reason']}")
     counted = handle.router.statistics()["backends"].get("v2", {})
-    if "timed_out" not in counted:
-        # the rollout still ended (the progress deadline), but the guards could not say why
-        pytest.xfail("this router does not report timed_out yet (router/stats.py Outcomes)")
+    assert counted.get("timed_out", 0) + counted.get("expired", 0) > 0, counted
     # running past the deadline, or queued behind those that do: named either way
     assert "timed out" in rollout["reason"] or "expired before they ran" in rollout["reason"], \
         rollout["reason"]

@@ -137,3 +137,38 @@ def context_namespace() -> str:
     return get_replica_context().namespace
 
 
+
+
+class Meeting:
+    """User code for the tests of features that meet (streams, queues, shadows, batches)."""
+
+    def __init__(self) -> None:
+        self.stopped = 0
+
+    async def tokens(self, n: int, gap_s: float = 0.05):
+        for i in range(n):
+            if i:
+                await asyncio.sleep(gap_s)
+            yield f"tok{i}"
+
+    async def endless(self, gap_s: float = 0.01):
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+                await asyncio.sleep(gap_s)
+        except (asyncio.CancelledError, GeneratorExit):
+            self.stopped += 1
+            raise
+
+    async def echo(self, x, delay_s: float = 0.0):
+        if delay_s:
+            await asyncio.sleep(delay_s)
+        return {"x": x}
+
+    async def fail(self, message: str):
+        raise LookupError(message)
+
+    async def stopped_streams(self):
+        return self.stopped

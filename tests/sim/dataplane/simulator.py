@@ -206,6 +206,8 @@ class DataPlaneSimulation:
 
     def _setup(self) -> None:
         rng = self.rng
+        # most seeds mix every kind; some are mostly sessions (stateful replicas under load)
+        self.mix = [40, 18, 12, 8, 12, 3] if rng.random() < 0.7 else [15, 5, 60, 10, 8, 2]
         self._backend("a", rng.randint(1, 3))
         traffic = {"a": 1.0}
         if rng.random() < 0.4:
@@ -268,8 +270,7 @@ class DataPlaneSimulation:
     def _new_request(self) -> None:
         rng = self.rng
         number = len(self.requests)
-        kind = rng.choices(["unary", "stream", "session", "shard", "nested", "fanout"],
-                           [40, 18, 12, 8, 12, 3])[0]
+        kind = rng.choices(["unary", "stream", "session", "shard", "nested", "fanout"], self.mix)[0]
         behaviour = rng.choices(["await", "cancel", "task_cancel", "deadline"], [62, 12, 10, 16])[0]
         if kind == "stream" and rng.random() < 0.25:
             behaviour = "abandon"

@@ -106,6 +106,8 @@ def test_decide_never_reruns_what_may_not_run_twice(kind, idempotent, retries_do
         assert d.verdict is Verdict.ANSWER  # user code's error reaches the caller as is
     if kind is Failure.REPLICA_FULL:
         assert d.verdict is Verdict.TRY_ELSEWHERE  # never ran: never refused for idempotency
+    if d.verdict is Verdict.RESEND:
+        assert kind is Failure.DEPENDENCY_DIED and has_deps and not chunks  # it never ran
     if d.verdict is Verdict.FAIL:
         assert d.why
 
