@@ -59,8 +59,8 @@ def _cancelled(request: RoutedRequest, error: BaseException) -> RequestCancelled
 
 def _named(cause: ServeplaneError, request: RoutedRequest) -> BaseException:
     backend = f", backend {request.backend!r}" if request.backend else ""
-    try:
-        named = type(cause)(f"endpoint {request.endpoint!r}{backend}: {cause}")
+    try:  # what happened first, then where
+        named = type(cause)(f"{cause} (endpoint {request.endpoint!r}{backend})")
     except Exception:  # noqa: BLE001 - a type whose constructor takes other arguments
         return cause
     return named

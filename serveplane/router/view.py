@@ -72,13 +72,14 @@ class RouterView:
             policy.load = self.load
             self.policy = policy
             self.policy_key = (info.router, info.router_blob)
-        used = set(info.traffic) | set(info.shadows) if info is not None else set()
-        for backend in [b for b in self.replicas if b not in used]:
-            del self.replicas[backend]  # left the endpoint: forget it (bounded memory)
-        for backend in [b for b in self.configs if b not in used]:
-            del self.configs[backend]
+        self._live_cache.clear()
+        return set(info.traffic) | set(info.shadows) if info is not None else set()
+
+    def forget(self, backend: str) -> None:
+        """A backend that left the endpoint is no longer followed (bounded memory)."""
+        self.replicas.pop(backend, None)
+        self.configs.pop(backend, None)
         self._forget_unlisted()
-        return used
 
     def set_replicas(self, backend: str, replicas: tuple[ReplicaInfo, ...]) -> None:
         self.replicas[backend] = replicas

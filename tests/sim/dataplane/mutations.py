@@ -10,7 +10,7 @@ import contextlib
 from typing import Any, Callable, Iterator
 
 from serveplane.router.batcher import BatchCall
-from serveplane.router.router import EndpointRouter
+from serveplane.router.ledger import Ledger
 from serveplane.router.stats import Outcomes
 from serveplane.router.view import RouterView
 
@@ -28,12 +28,12 @@ def _patched(owner: Any, name: str, replacement: Callable[..., Any]) -> Iterator
 def watch_streams() -> Any:
     """Issue 22 #1: every request in flight gets a completion callback once requests queue,
     streams too (Ray's generators have none)."""
-    def unwatched(self: EndpointRouter) -> list:
-        todo = [r for r in self._running if not r.watched and r.ref is not None]
+    def unwatched(self: Ledger) -> list:
+        todo = [r for r in self.running if not r.watched and r.ref is not None]
         for request in todo:
             request.watched = True
         return todo
-    return _patched(EndpointRouter, "_unwatched_locked", unwatched)
+    return _patched(Ledger, "unwatched", unwatched)
 
 
 def blind_outcomes() -> Any:

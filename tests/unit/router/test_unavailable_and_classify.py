@@ -9,7 +9,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
 
 from serveplane.exceptions import ReplicaDiedError
 from serveplane.router import Handle, StaticSource
-from serveplane.router import router as router_module
+from serveplane.router import holds as router_module
 from serveplane.router.backoff import ReplicaBackoff
 from serveplane.router.router import EndpointRouter
 from serveplane.router.transport import Failure, RayTransport
