@@ -73,13 +73,47 @@ class Batcher:
         cancelled, or routing on its own (a new ``waiting``)."""
         router = self._router
         try:
-            groups, waiting = router.claim_for_batch(batch.requests)
+            groups, waiting = self._claim(batch.requests)
             for request in waiting:
                 request.waiting = router.route_later(request)
             for replica, requests in groups:
                 self._send(replica, requests)
         finally:
             batch.ready.set_result(None)
+
+    def _claim(self, batch: list[RoutedRequest]) -> tuple[
+            list[tuple[ReplicaInfo, list[RoutedRequest]]], list[RoutedRequest]]:
+        """Slots for a gathered batch, each request picked on its own: the requests grouped
+        by replica, and those that must wait (those cancelled meanwhile are left out)."""
+        router = self._router
+        groups: dict[str, tuple[ReplicaInfo, list[RoutedRequest]]] = {}
+        waiting = []
+        with router.lock:
+            for request in batch:
+                if request.state.final:
+                    continue
+                replica = router.view.pick(request)
+                if replica is None:
+                    waiting.append(request)
+                else:
+                    router.ledger.claim(request, replica)
+                    groups.setdefault(replica.actor_name, (replica, []))[1].append(request)
+        return list(groups.values()), waiting
+
+    def _sent(self, batch: list[RoutedRequest], ref: Any) -> None:
+        """The requests of ``batch`` are running as one call (``ref`` answers them all)."""
+        router = self._router
+        call = BatchCall(ref, batch)
+        with router.lock:
+            for index, request in enumerate(batch):
+                request.batch_index = index
+                request.batch = call
+                request.attempts = 1
+                if not request.state.final:  # one cancelled while it was sent: slot freed already
+                    request.sent(ref)
+            cancel = call.all_final()
+        if cancel:
+            router.transport.cancel(ref)
 
     def _send(self, replica: ReplicaInfo, batch: list[RoutedRequest]) -> None:
         router = self._router
@@ -95,7 +129,7 @@ class Batcher:
         with self._lock:
             self._sizes.add(len(batch))
         router.stats.requests[replica.backend] += len(batch)
-        router.sent_batch(batch, ref)
+        self._sent(batch, ref)
         info = router.endpoint_info
         if info is not None and info.shadows:
             for request in batch:  # shadows go one by one; they never join the batch

@@ -59,3 +59,12 @@ def statistics(router: EndpointRouter) -> dict[str, Any]:
         "backends": stats.outcomes.as_dict(),
         **router.batcher.statistics(),
     }
+
+
+def describe(s: dict[str, Any]) -> str:
+    """``<Router ep [backends: a=0.9 b=0.1 | replicas: 3 running | in flight: 2 | queued: 0]>``."""
+    backends = " ".join(f"{b}={w:g}" for b, w in sorted(s["traffic"].items())) or "(no config)"
+    running = sum(len(v) for v in s["replicas"].values())
+    backed_off = f", {len(s['backed_off_replicas'])} backed off" if s["backed_off_replicas"] else ""
+    return (f"<Router {s['endpoint']} [backends: {backends} | replicas: {running} running{backed_off} | "
+            f"in flight: {s['in_flight']} | queued: {s['queued']}]>")

@@ -36,7 +36,7 @@ import itertools
 import logging
 import threading
 import uuid
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from serveplane import tracing
 from serveplane.clock import SYSTEM_CLOCK, Clock
@@ -45,10 +45,10 @@ from serveplane.records import EndpointInfo, ReplicaInfo, RequestMetadata
 from serveplane.router import arguments
 from serveplane.router import loop as loops
 from serveplane.router.backoff import ReplicaBackoff
-from serveplane.router.batcher import Batcher, BatchCall
+from serveplane.router.batcher import Batcher
 from serveplane.router.decision import Verdict, decide
 from serveplane.router.errors import for_caller
-from serveplane.router.figures import load_report, statistics
+from serveplane.router.figures import describe, load_report, statistics
 from serveplane.router.following import ConfigFollower
 from serveplane.router.holds import Holds
 from serveplane.router.ledger import Ledger, Waiter, set_none, wake
@@ -81,7 +81,7 @@ class EndpointRouter:
         self.ledger = Ledger(endpoint, self.view, self.stats, clock)
         self.queue = self.ledger.queue
         self.batcher = Batcher(self)
-        self._lock = threading.Lock()
+        self._lock = self.lock = threading.Lock()  # the router's parts take it too (batcher, shadows)
         self._request_ids = itertools.count()
         self._holds = Holds(endpoint, self.view, self._lock, self.ledger.wake_all, self.controller_name,
                             self.namespace)
@@ -406,60 +406,10 @@ class EndpointRouter:
             self._holds.back_off(replica)
 
     # -- used by the batcher and shadows --------------------------------------------------------
-    def claim_for_batch(self, batch: list[RoutedRequest]) -> tuple[
-            list[tuple[ReplicaInfo, list[RoutedRequest]]], list[RoutedRequest]]:
-        """Slots for a gathered batch, each request picked on its own: the requests grouped
-        by replica, and those that must wait (those cancelled meanwhile are left out)."""
-        groups: dict[str, tuple[ReplicaInfo, list[RoutedRequest]]] = {}
-        waiting = []
-        with self._lock:
-            for request in batch:
-                if request.state.final:
-                    continue
-                replica = self.view.pick(request)
-                if replica is None:
-                    waiting.append(request)
-                else:
-                    self.ledger.claim(request, replica)
-                    groups.setdefault(replica.actor_name, (replica, []))[1].append(request)
-        return list(groups.values()), waiting
-
-    def sent_batch(self, batch: list[RoutedRequest], ref: Any) -> None:
-        """The requests of ``batch`` are running as one call (``ref`` answers them all)."""
-        call = BatchCall(ref, batch)
-        with self._lock:
-            for index, request in enumerate(batch):
-                request.batch_index = index
-                request.batch = call
-                request.attempts = 1
-                if not request.state.final:  # one cancelled while it was sent: slot freed already
-                    request.sent(ref)
-            cancel = call.all_final()
-        if cancel:
-            self.transport.cancel(ref)
-
     def fail(self, request: RoutedRequest, error: BaseException) -> None:
         """``request`` failed before it ran (its send raised): free its slot."""
         with self._lock:
             self.ledger.end(request, RequestState.FAILED, Outcome.FAILED, error)
-
-    def release(self, request: RoutedRequest) -> None:
-        with self._lock:
-            self.ledger.release(request)
-
-    def claim_for_shadow(self, backend: str) -> ReplicaInfo | None:
-        """The least loaded replica of ``backend`` with a free slot, claimed; shadows never wait."""
-        with self._lock:
-            replica = self.view.shadow_replica(backend)
-            if replica is not None:
-                self.view.slots.claim(replica.actor_name)
-            return replica
-
-    def release_shadow(self, replica: ReplicaInfo) -> None:
-        with self._lock:
-            self.view.slots.release(replica.actor_name)
-            if self.queue:
-                self.ledger.wake_all()
 
     def report_to_shadows(self, request: RoutedRequest, outcome: Any) -> None:
         shadows, request.shadows = request.shadows, []
@@ -491,9 +441,4 @@ class EndpointRouter:
             return statistics(self)
 
     def __repr__(self) -> str:
-        s = self.statistics()
-        backends = " ".join(f"{b}={w:g}" for b, w in sorted(s["traffic"].items())) or "(no config)"
-        running = sum(len(v) for v in s["replicas"].values())
-        backed_off = f", {len(s['backed_off_replicas'])} backed off" if s["backed_off_replicas"] else ""
-        return (f"<Router {self.endpoint} [backends: {backends} | replicas: {running} running{backed_off} | "
-                f"in flight: {s['in_flight']} | queued: {s['queued']}]>")
+        return describe(self.statistics())

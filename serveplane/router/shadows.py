@@ -27,7 +27,7 @@ def fire_shadows(router: EndpointRouter, request: RoutedRequest, shadows: dict[s
         if random.random() >= proportion:
             continue
         stats = router.stats.shadow(backend)
-        replica = router.claim_for_shadow(backend)
+        replica = _claim(router, backend)
         with router.stats_lock:
             stats.count += 1
             if replica is None:
@@ -51,6 +51,15 @@ def fire_shadows(router: EndpointRouter, request: RoutedRequest, shadows: dict[s
             done(exc)
             continue
         router.transport.on_completed(ref, done)
+
+
+def _claim(router: EndpointRouter, backend: str) -> ReplicaInfo | None:
+    """The least loaded replica of ``backend`` with a free slot, claimed; shadows never wait."""
+    with router.lock:
+        replica = router.view.shadow_replica(backend)
+        if replica is not None:
+            router.view.slots.claim(replica.actor_name)
+        return replica
 
 
 async def _read_shadow_stream(transport: Any, stream: Any, done: _Done) -> None:
@@ -83,5 +92,9 @@ class _Done:
         replica, self.replica = self.replica, None
         if replica is None:
             return  # once
-        self.router.release_shadow(replica)
+        router = self.router
+        with router.lock:
+            router.view.slots.release(replica.actor_name)
+            if router.queue:
+                router.ledger.wake_all()
         self.outcome.on_shadow(value)
