@@ -386,7 +386,8 @@ class EndpointRouter:
                 request.attempts -= 1  # it never ran there: not a retry
                 self.stats.refused += 1
             elif decision.verdict is Verdict.RESEND:
-                request.attempts -= 1  # it never ran: its argument is recomputed first
+                request.attempts -= 1  # it never ran: not against max_retries (its argument's own are)
+                self.stats.retries += 1
             else:
                 self.stats.retries += 1
             placeholder: concurrent.futures.Future = concurrent.futures.Future()

@@ -61,7 +61,7 @@ class ResponseStream(_Chunked, Response):
     """Iterate it (``async for`` or ``for``); ``start`` holds the status and headers when
     the backend returned a starlette ``StreamingResponse``."""
 
-    __slots__ = ("start", "whole", "_pending")
+    __slots__ = ("start", "whole", "_pending", "_seen")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["stream"] = True
@@ -69,6 +69,7 @@ class ResponseStream(_Chunked, Response):
         self.start: StreamStart | None = None
         self.whole = False  # the method returned one value (its only chunk), not a stream
         self._pending: collections.deque = collections.deque()  # chunks that came together
+        self._seen: list | None = None  # a shadowed stream's chunks, compared whole at its end
 
     # -- async ------------------------------------------------------------------------------
     async def next_batch(self) -> list:
@@ -94,7 +95,7 @@ class ResponseStream(_Chunked, Response):
             except StopAsyncIteration:
                 if request.state.final and request.state is not RequestState.DONE:
                     raise self._ended() from None
-                router.finish(request)
+                self._ended_whole()
                 raise
             except asyncio.CancelledError:
                 self._caller_cancelled()
@@ -129,7 +130,7 @@ class ResponseStream(_Chunked, Response):
             except StopIteration:
                 if request.state.final and request.state is not RequestState.DONE:
                     raise self._ended() from None
-                router.finish(request)
+                self._ended_whole()
                 raise
             except GetTimeoutError:
                 raise self._timed_out() from None
@@ -156,7 +157,20 @@ class ResponseStream(_Chunked, Response):
             self.start = chunk
         elif isinstance(chunk, Whole):  # the method returned one value, not a stream
             self.whole = True
-        return stream_items(chunk)
+        items = stream_items(chunk)
+        if request.shadows:
+            if self._seen is None:
+                self._seen = []
+            self._seen.extend(items)
+        return items
+
+    def _ended_whole(self) -> None:
+        """The stream ended: its answer, compared with its shadows' (if any)."""
+        request = self._request
+        self.router.finish(request)
+        if request.shadows:
+            seen, self._seen = self._seen or [], None
+            self.router.report_to_shadows(request, seen)
 
     def result(self, timeout: float | None = None) -> Any:
         raise TypeError("a ResponseStream has no single result: iterate it (for / async for)")
