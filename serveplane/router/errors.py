@@ -43,11 +43,6 @@ def for_caller(error: BaseException, request: RoutedRequest) -> BaseException:
     return cause
 
 
-def from_replica(error: BaseException) -> bool:
-    """Whether ``error`` was raised on a replica (by user code or the replica), not here."""
-    return isinstance(error, RayTaskError) or isinstance(error.__cause__, RayTaskError)
-
-
 def _cancelled(request: RoutedRequest, error: BaseException) -> RequestCancelledError:
     backend = f" (backend {request.backend!r})" if request.backend else ""
     result = RequestCancelledError(
